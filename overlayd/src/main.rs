@@ -1,0 +1,5 @@
+mod backend;
+mod config;
+mod lease;
+mod reconcile;
+fn main() {}
