@@ -81,8 +81,12 @@ impl SubnetEnv {
                 reason,
             };
             match key {
-                "FLANNEL_NETWORK" => env.network = Some(value.parse().map_err(|e| bad(format!("{e}")))?),
-                "FLANNEL_SUBNET" => env.subnet = Some(value.parse().map_err(|e| bad(format!("{e}")))?),
+                "FLANNEL_NETWORK" => {
+                    env.network = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
+                "FLANNEL_SUBNET" => {
+                    env.subnet = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
                 "FLANNEL_IPV6_NETWORK" => {
                     env.ipv6_network = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
@@ -93,9 +97,7 @@ impl SubnetEnv {
                     env.mtu = value.parse().map_err(|e| bad(format!("{e}")))?;
                     have_mtu = true;
                 }
-                "FLANNEL_IPMASQ" => {
-                    env.ipmasq = value.parse().map_err(|e| bad(format!("{e}")))?
-                }
+                "FLANNEL_IPMASQ" => env.ipmasq = value.parse().map_err(|e| bad(format!("{e}")))?,
                 _ => {}
             }
         }
@@ -158,7 +160,10 @@ pub fn write_file_atomic(path: &Path, contents: &[u8]) -> Result<(), SubnetEnvEr
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
@@ -198,9 +203,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_and_incomplete_files() {
-        let err = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=nope\nFLANNEL_MTU=1450\n").unwrap_err();
+        let err = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=nope\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("FLANNEL_SUBNET=nope"), "{err}");
-        assert!(matches!(SubnetEnv::parse("FLANNEL_MTU=1450\n"), Err(SubnetEnvError::NoSubnet)));
+        assert!(matches!(
+            SubnetEnv::parse("FLANNEL_MTU=1450\n"),
+            Err(SubnetEnvError::NoSubnet)
+        ));
         assert!(matches!(
             SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"),
             Err(SubnetEnvError::Missing("FLANNEL_MTU"))

@@ -4,6 +4,9 @@
 //! Every privileged test works inside namespaces made here and never
 //! touches the machine's own (root) namespace.
 
+// Test helpers fail the test loudly on any setup error: that is their job.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +60,8 @@ impl TestNetns {
     pub fn exec(&self, argv: &[&str]) -> Output {
         let mut cmd = self.command(argv[0]);
         cmd.args(&argv[1..]);
-        cmd.output().unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
     }
 
     /// Runs `argv` inside the namespace, fails the test unless it succeeds,
@@ -78,7 +82,10 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         // Kill what still runs inside (daemons, sleepers), then delete.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     let _ = nix::sys::signal::kill(

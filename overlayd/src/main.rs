@@ -1,5 +1,62 @@
-mod backend;
-mod config;
-mod lease;
-mod reconcile;
-fn main() {}
+//! overlayd: parse flanneld-compatible flags, run the daemon until it
+//! fails or SIGTERM/SIGINT arrives. On a signal the datapath (device,
+//! routes, neighbours) is left in place so pods keep working across a
+//! restart; the next run reuses the same lease.
+
+use overlayd::{cli::Flags, daemon};
+use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    let flags = Flags::from_args();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(flags))
+}
+
+async fn run(flags: Flags) -> ExitCode {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        r = daemon::run(flags) => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = term.recv() => shutdown("SIGTERM"),
+        _ = int.recv() => shutdown("SIGINT"),
+    }
+}
+
+fn shutdown(sig: &str) -> ExitCode {
+    tracing::info!(
+        signal = sig,
+        "shutting down; leaving the datapath and the lease in place"
+    );
+    ExitCode::SUCCESS
+}

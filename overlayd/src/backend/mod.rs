@@ -4,9 +4,15 @@
 //! own device (`prepare`), and says *what* the peers need (`desired`, pure);
 //! only the reconciler (`crate::reconcile`) writes peer state to the kernel.
 
+pub mod hostgw;
+pub mod vxlan;
+
+use crate::config::BackendConfig;
+use crate::kernel::KernelError;
 use crate::lease::Lease;
-use crate::reconcile::Desired;
+use crate::reconcile::{Desired, Scope};
 use async_trait::async_trait;
+use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 
 /// The node's external interface, chosen by --iface / --iface-regex /
@@ -33,8 +39,22 @@ pub struct Prepared {
 pub enum BackendError {
     #[error("backend configuration: {0}")]
     Config(String),
-    #[error("kernel: {0}")]
-    Kernel(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// A method was called before `prepare` succeeded.
+    #[error("backend used before prepare()")]
+    NotPrepared,
+}
+
+/// The backend named in net-conf.json's `Backend.Type`.
+pub fn build(cfg: &BackendConfig) -> Result<Box<dyn Backend>, BackendError> {
+    match cfg {
+        BackendConfig::Vxlan(v) => Ok(Box::new(vxlan::VxlanBackend::new(v.clone())?)),
+        BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new())),
+        BackendConfig::Udp(_) => Err(BackendError::Config(
+            "backend type \"udp\" is not implemented yet; use \"vxlan\" or \"host-gw\"".into(),
+        )),
+    }
 }
 
 #[async_trait]
@@ -51,8 +71,19 @@ pub trait Backend: Send + Sync {
     /// subnet's network address /32 on the VTEP).
     async fn configure_own(&mut self, own: &Lease) -> Result<(), BackendError>;
 
-    /// Pure: the routes/neighbours/FDB entries the peers need. Peers that
-    /// cannot be served (host-gw: not directly connected) are reported in
-    /// `Desired::problems`, never silently dropped.
-    fn desired(&self, own: &Lease, peers: &[&Lease]) -> Desired;
+    /// Called by the reconciler at the start of every round: re-verifies
+    /// the device and own address (recreates a device deleted by hand,
+    /// fixes MTU/MAC in place). Cheap when nothing differs.
+    async fn ensure(&self, own: &Lease) -> Result<(), BackendError>;
+
+    /// The kernel objects this backend owns (what the reconciler may
+    /// delete). Reflects the device's current ifindex.
+    fn scope(&self) -> Scope;
+
+    /// Pure: the routes/neighbours/FDB entries the peers need. `connected`
+    /// are the networks directly connected on the external interface (for
+    /// host-gw and DirectRouting). Peers that cannot be served (host-gw:
+    /// not directly connected) are reported in `Desired::problems`, never
+    /// silently dropped.
+    fn desired(&self, own: &Lease, peers: &[&Lease], connected: &[Ipv4Net]) -> Desired;
 }

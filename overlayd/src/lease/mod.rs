@@ -5,6 +5,10 @@
 //! network. It never publishes single events: the reconciler always
 //! recomputes from the whole set, so a lost event cannot lose state.
 
+pub mod alloc;
+pub mod etcd;
+pub mod keys;
+
 use async_trait::async_trait;
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;

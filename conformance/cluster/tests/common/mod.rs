@@ -1,0 +1,50 @@
+//! Shared by the cluster tests: cluster set-up and the assertions every
+//! test repeats.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use felt_cluster::{Backend, Cluster, Naming};
+use std::time::Duration;
+
+/// How long a cluster may take to route between its nodes.
+pub const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Root is needed for network namespaces; fail clearly otherwise.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the cluster tests create network namespaces and must run as root"
+    );
+}
+
+/// A cluster with `nodes` running nodes and `pods` pods on each, routes
+/// converged.
+pub fn cluster(backend: Backend, nodes: usize, pods: usize) -> Cluster {
+    require_root();
+    let mut c = Cluster::start(Naming::test(), backend, None).unwrap();
+    let idx = c.add_running_nodes(nodes).unwrap();
+    for &n in &idx {
+        for _ in 0..pods {
+            c.add_pod(n).unwrap();
+        }
+    }
+    c.wait_mesh(&idx, CONVERGE).unwrap();
+    c
+}
+
+/// Every pod reaches every other pod with one ping.
+pub fn assert_pods_ping(c: &Cluster) {
+    let matrix = c.ping_matrix(2);
+    let mut failed = Vec::new();
+    for (i, row) in matrix.iter().enumerate() {
+        for (j, res) in row.iter().enumerate() {
+            let ok = matches!(res, Ok(p) if p.ok);
+            if !ok {
+                failed.push(format!(
+                    "{} ({}) -> {} ({}): {res:?}",
+                    c.pods[i].name, c.pods[i].ip, c.pods[j].name, c.pods[j].ip
+                ));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+}

@@ -1,0 +1,358 @@
+//! The startup sequence and the lease renewal loop.
+//!
+//! flags -> store -> net-conf.json -> external interface -> backend device
+//! -> lease -> own address on the device -> subnet.env -> watch leases +
+//! renew + reconcile. Everything that can be refused (flags, config,
+//! interface) is checked before the first kernel write or etcd write.
+
+use crate::backend::{self, Backend, BackendError, ExternalInterface, Prepared};
+use crate::cli::Flags;
+use crate::config::{self, ConfigError, NetworkConfig};
+use crate::iface::{self, IfaceError, Selector};
+use crate::lease::etcd::{EtcdOptions, EtcdStore, EtcdTls};
+use crate::lease::{Lease, LeaseAttrs, LeaseError, LeaseRequest, LeaseSnapshot, LeaseStore};
+use crate::reconcile::{self, ReconcileError};
+use felt_common::subnet_env::{SubnetEnv, SubnetEnvError};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("external interface: {0}")]
+    Iface(#[from] IfaceError),
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    SubnetFile(#[from] SubnetEnvError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error("{0} stopped unexpectedly")]
+    TaskEnded(&'static str),
+}
+
+/// Runs the daemon until a task fails; the caller races it against
+/// SIGTERM/SIGINT. Nothing is torn down on exit: pods keep their network
+/// across a restart.
+pub async fn run(flags: Flags) -> Result<(), DaemonError> {
+    refuse_unsupported(&flags)?;
+    let store = Arc::new(connect(&etcd_options(&flags)).await?);
+    let cfg = load_config(store.as_ref()).await?;
+    if cfg.enable_ipv6 || !cfg.enable_ipv4 {
+        return Err(DaemonError::Unsupported(
+            "net-conf.json: EnableIPv6 / IPv6-only networks are not supported by felt yet (IPv4 only)".into(),
+        ));
+    }
+    let network = cfg
+        .network
+        .ok_or_else(|| DaemonError::Unsupported("no IPv4 Network".into()))?;
+    let ext = iface::find(&Selector {
+        ifaces: flags.iface.clone(),
+        regexes: flags.iface_regex.clone(),
+        can_reach: flags.iface_can_reach,
+        public_ip: flags.public_ip,
+    })
+    .await?;
+    tracing::info!(iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
+    let mut backend = backend::build(&cfg.backend)?;
+    let prepared = backend.prepare(&ext).await?;
+    let req = lease_request(&flags.subnet_file, &ext, backend.backend_type(), &prepared);
+    let lease = acquire(store.as_ref(), &req).await?;
+    tracing::info!(subnet = %lease.subnet, "lease acquired");
+    backend.configure_own(&lease).await?;
+    write_subnet_file(
+        &flags.subnet_file,
+        &cfg,
+        &lease,
+        prepared.mtu,
+        flags.ip_masq,
+    )?;
+    tracing::info!(path = %flags.subnet_file.display(), "wrote subnet file");
+    serve(store, Arc::from(backend), lease, network, &flags).await
+}
+
+/// The steady state: lease watch, renewal and reconciliation, until one
+/// of them fails.
+async fn serve(
+    store: Arc<EtcdStore>,
+    backend: Arc<dyn Backend>,
+    lease: Lease,
+    network: Ipv4Net,
+    flags: &Flags,
+) -> Result<(), DaemonError> {
+    // Seeded with our own lease so the reconciler's first round (before
+    // the first listing arrives) knows the set is not stale.
+    let seed = LeaseSnapshot::from([(lease.subnet, lease.clone())]);
+    let (tx, rx) = watch::channel(Arc::new(seed));
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move { store.watch_leases(tx).await })
+    };
+    let margin = flags.renew_margin();
+    let renewer = tokio::spawn(renew_loop(store, lease.clone(), margin, rx.clone()));
+    tokio::select! {
+        r = reconcile::run(backend, lease, network, rx, flags.resync_interval) => {
+            r?;
+            Err(DaemonError::TaskEnded("reconciler"))
+        }
+        r = watcher => match r {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Err(DaemonError::TaskEnded("lease watch")),
+        },
+        r = renewer => match r {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Err(DaemonError::TaskEnded("lease renewal")),
+        },
+    }
+}
+
+/// Flags felt accepts for compatibility but cannot honour yet.
+fn refuse_unsupported(flags: &Flags) -> Result<(), DaemonError> {
+    if flags.kube_subnet_mgr {
+        return Err(DaemonError::Unsupported(
+            "--kube-subnet-mgr is not yet supported by felt: use etcd (--etcd-endpoints)".into(),
+        ));
+    }
+    if flags.ip_masq {
+        tracing::warn!(
+            "--ip-masq is recorded in subnet.env, but felt does not install masquerade rules yet"
+        );
+    }
+    if flags.healthz_port != 0 {
+        tracing::warn!(
+            port = flags.healthz_port,
+            "--healthz-port: the health endpoint is not served yet"
+        );
+    }
+    Ok(())
+}
+
+fn etcd_options(flags: &Flags) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: flags.etcd_endpoint_list(),
+        prefix: flags.etcd_prefix.clone(),
+        username: flags.etcd_username.clone(),
+        password: flags.etcd_password.clone(),
+        tls: EtcdTls {
+            ca_file: flags.etcd_cafile.clone(),
+            cert_file: flags.etcd_certfile.clone(),
+            key_file: flags.etcd_keyfile.clone(),
+        },
+    }
+}
+
+/// Connects to etcd, waiting for it; bad TLS settings are fatal.
+async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, DaemonError> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match EtcdStore::connect(opts).await {
+            Ok(s) => return Ok(s),
+            Err(e @ LeaseError::Config(_)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Reads and validates net-conf.json from the store. An unreachable etcd
+/// or a missing config is waited for (flanneld does the same); an invalid
+/// config is fatal.
+pub async fn load_config(store: &dyn LeaseStore) -> Result<NetworkConfig, DaemonError> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match store.network_config().await {
+            Ok(text) => {
+                let cfg = config::parse(&text)?;
+                tracing::info!(?cfg, "network config");
+                return Ok(cfg);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot read the network config");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn lease_request(
+    subnet_file: &Path,
+    ext: &ExternalInterface,
+    kind: &str,
+    prepared: &Prepared,
+) -> LeaseRequest {
+    // The previous run's subnet, reused if still free: pods keep addresses.
+    let previous_subnet = SubnetEnv::read(subnet_file).ok().and_then(|env| env.subnet);
+    if let Some(p) = previous_subnet {
+        tracing::info!(previous = %p, "found the previous subnet in the subnet file");
+    }
+    LeaseRequest {
+        attrs: LeaseAttrs {
+            public_ip: ext.public_ip,
+            public_ipv6: None,
+            backend_type: kind.to_string(),
+            backend_data: prepared.backend_data.clone(),
+            backend_v6_data: None,
+        },
+        previous_subnet,
+    }
+}
+
+/// Acquires, retrying store failures with backoff; a full network or a
+/// bad config is fatal.
+async fn acquire(store: &dyn LeaseStore, req: &LeaseRequest) -> Result<Lease, DaemonError> {
+    let mut delay = RETRY_MIN;
+    loop {
+        match store.acquire(req).await {
+            Ok(l) => return Ok(l),
+            Err(e @ (LeaseError::NetworkFull { .. } | LeaseError::Config(_))) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot acquire a lease");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// subnet.env in flannel's form: FLANNEL_SUBNET is the subnet's first host
+/// address with the subnet's prefix (10.244.1.1/24).
+pub fn write_subnet_file(
+    path: &Path,
+    cfg: &NetworkConfig,
+    lease: &Lease,
+    mtu: u32,
+    ipmasq: bool,
+) -> Result<(), SubnetEnvError> {
+    let first = Ipv4Addr::from(u32::from(lease.subnet.network()).wrapping_add(1));
+    let env = SubnetEnv {
+        network: cfg.network,
+        subnet: Ipv4Net::new(first, lease.subnet.prefix_len()).ok(),
+        ipv6_network: None,
+        ipv6_subnet: None,
+        mtu,
+        ipmasq,
+    };
+    env.write_atomic(path)
+}
+
+/// Keeps the lease: renews `margin` before expiry, and at once when a
+/// snapshot shows our key gone or changed. A deleted key is re-created on
+/// the same subnet; only a subnet now held by another node ends the loop
+/// (`Lost`). Store failures retry with backoff.
+pub async fn renew_loop(
+    store: Arc<dyn LeaseStore>,
+    mut lease: Lease,
+    margin: Duration,
+    mut leases: watch::Receiver<Arc<LeaseSnapshot>>,
+) -> Result<(), LeaseError> {
+    let mut retry: Option<Duration> = None;
+    loop {
+        let wait = retry.unwrap_or_else(|| until_renewal(&lease, margin));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = leases.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let snap = leases.borrow_and_update().clone();
+                let intact = snap.get(&lease.subnet).is_some_and(|l| l.attrs == lease.attrs);
+                if intact || retry.is_some() {
+                    continue;
+                }
+                tracing::warn!(subnet = %lease.subnet, "our lease changed or vanished in etcd; renewing now");
+            }
+        }
+        match store.renew(&lease).await {
+            Ok(l) => {
+                let left = l
+                    .expiration
+                    .and_then(|e| e.duration_since(SystemTime::now()).ok());
+                tracing::info!(subnet = %l.subnet, expires_in_s = left.map(|d| d.as_secs()), "lease renewed");
+                lease = l;
+                retry = None;
+            }
+            Err(e @ LeaseError::Lost(_)) => return Err(e),
+            Err(e) => {
+                let next = retry.map_or(RETRY_MIN, |d| (d * 2).min(RETRY_MAX));
+                tracing::warn!(error = %e, retry_in = ?next, "lease renewal failed");
+                retry = Some(next);
+            }
+        }
+    }
+}
+
+/// Time until the renewal point; reservations never need one (a year is
+/// "never" for a sleep that the snapshot watch can interrupt).
+fn until_renewal(lease: &Lease, margin: Duration) -> Duration {
+    match lease.expiration {
+        None => Duration::from_secs(365 * 24 * 3600),
+        Some(exp) => exp
+            .checked_sub(margin)
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(exp: Option<SystemTime>) -> Lease {
+        Lease {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: Ipv4Addr::new(10, 0, 0, 1),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: serde_json::Value::Null,
+                backend_v6_data: None,
+            },
+            expiration: exp,
+        }
+    }
+
+    #[test]
+    fn renewal_time_is_expiry_minus_margin() {
+        let l = lease(Some(SystemTime::now() + Duration::from_secs(3600)));
+        let wait = until_renewal(&l, Duration::from_secs(600));
+        assert!(
+            wait <= Duration::from_secs(3000) && wait > Duration::from_secs(2990),
+            "{wait:?}"
+        );
+        assert_eq!(until_renewal(&l, Duration::from_secs(7200)), Duration::ZERO);
+        assert!(until_renewal(&lease(None), Duration::from_secs(60)) > Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn subnet_file_uses_first_host_address() {
+        let dir = std::env::temp_dir().join(format!("felt-lease-subnetenv-{}", std::process::id()));
+        let path = dir.join("subnet.env");
+        let cfg =
+            config::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        write_subnet_file(&path, &cfg, &lease(None), 1450, true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
