@@ -1,10 +1,10 @@
 //! Pods: a network namespace wired up by the `felt` CNI plugin, called
 //! exactly as a container runtime calls it.
 
-use crate::error::{io_err, parse_err, HarnessError, Result};
+use crate::error::{io_err, parse_err, Result};
 use crate::netns::Netns;
 use crate::node::Node;
-use crate::process::describe;
+use crate::process::{describe, stdout_if_success};
 use serde_json::Value;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -62,18 +62,7 @@ pub fn run_cni(
     let out = child
         .wait_with_output()
         .map_err(io_err(format!("cannot wait for {what}")))?;
-    if !out.status.success() {
-        return Err(HarnessError::Command {
-            cmd: format!("CNI_COMMAND={command} {}", describe(&cmd)),
-            status: out.status.to_string(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    stdout_if_success(out, format!("CNI_COMMAND={command} {}", describe(&cmd)))
 }
 
 /// The first IPv4 address of a CNI result (`ips[].address`, `a.b.c.d/nn`).

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Renders a command for error messages.
@@ -31,9 +31,15 @@ pub fn run(cmd: &mut Command) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .map_err(io_err(format!("cannot run {}", describe(cmd))))?;
+    stdout_if_success(out, describe(cmd))
+}
+
+/// The command's stdout when it succeeded, else an error carrying `cmd`
+/// and everything it printed.
+pub fn stdout_if_success(out: Output, cmd: String) -> Result<String> {
     if !out.status.success() {
         return Err(HarnessError::Command {
-            cmd: describe(cmd),
+            cmd,
             status: out.status.to_string(),
             output: format!(
                 "{}{}",
