@@ -109,15 +109,21 @@ impl Add<'_> {
         }
     }
 
-    fn execute(&mut self, mac: Option<&[u8]>, requested: &[Option<IpAddr>]) -> Result<Added> {
-        // Nothing may be touched when the interface is already there: it
-        // belongs to a running pod.
+    /// CNI_IFNAME already in the pod netns belongs to a running pod: fail
+    /// without touching it.
+    fn ensure_no_pod_iface(&mut self) -> Result<()> {
         if self.pod.get_link(&self.env.ifname)?.is_some() {
             return Err(Error::IfaceExists {
                 ifname: self.env.ifname.clone(),
                 netns: self.netns_path.display().to_string(),
             });
         }
+        Ok(())
+    }
+
+    fn execute(&mut self, mac: Option<&[u8]>, requested: &[Option<IpAddr>]) -> Result<Added> {
+        // Checked before anything is touched.
+        self.ensure_no_pod_iface()?;
         self.allocate(requested)?;
         self.step_done("ipam")?;
         let br = self.ensure_bridge()?;
@@ -228,12 +234,7 @@ impl Add<'_> {
                     return Ok(host_name);
                 }
                 Err(e) if e.is_exists() && attempt < 3 => {
-                    if self.pod.get_link(&self.env.ifname)?.is_some() {
-                        return Err(Error::IfaceExists {
-                            ifname: self.env.ifname.clone(),
-                            netns: self.netns_path.display().to_string(),
-                        });
-                    }
+                    self.ensure_no_pod_iface()?;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),

@@ -88,7 +88,7 @@ impl Store {
     /// Overwrites in place instead of O_TRUNC: truncating first costs a
     /// journaled size change on every ADD for a file of a dozen bytes.
     fn write_last_reserved(&self, set_index: usize, ip: IpAddr) -> Result<()> {
-        let path = self.dir.join(format!("{LAST_RESERVED}{set_index}"));
+        let path = self.last_reserved_path(set_index);
         let text = ip.to_string();
         let mut f = OpenOptions::new()
             .write(true)
@@ -102,9 +102,16 @@ impl Store {
             .map_err(Error::io_path("write", &path))
     }
 
+    fn last_reserved_path(&self, set_index: usize) -> PathBuf {
+        self.dir.join(format!("{LAST_RESERVED}{set_index}"))
+    }
+
     pub fn last_reserved(&self, set_index: usize) -> Option<IpAddr> {
-        let path = self.dir.join(format!("{LAST_RESERVED}{set_index}"));
-        fs::read_to_string(path).ok()?.trim().parse().ok()
+        fs::read_to_string(self.last_reserved_path(set_index))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Every reservation file; unreadable entries are skipped.

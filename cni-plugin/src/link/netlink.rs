@@ -54,8 +54,7 @@ impl Socket {
 
     /// Sends a request that expects only an ack.
     pub fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16, what: &str) -> Result<()> {
-        let seq = self.send(msg, flags | NLM_F_ACK, what)?;
-        self.collect(seq, what).map(|_| ())
+        self.request(msg, flags, what).map(|_| ())
     }
 
     /// Sends a request and returns every reply message (one for a GET by
@@ -188,6 +187,14 @@ impl Link {
     }
 }
 
+/// The links among netlink replies.
+fn links(replies: Vec<RouteNetlinkMessage>) -> impl Iterator<Item = Link> {
+    replies.into_iter().filter_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+        _ => None,
+    })
+}
+
 impl Socket {
     /// Looks a link up by name; `Ok(None)` when it does not exist.
     pub fn get_link(&mut self, name: &str) -> Result<Option<Link>> {
@@ -198,10 +205,7 @@ impl Socket {
             0,
             &format!("get link {name}"),
         ) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
+            Ok(replies) => Ok(links(replies).next()),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -212,13 +216,7 @@ impl Socket {
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             "dump links",
         )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })
-            .collect())
+        Ok(links(replies).collect())
     }
 
     pub fn del_link(&mut self, index: u32, what: &str) -> Result<()> {

@@ -3,22 +3,25 @@
 
 use crate::error::{Error, Result};
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 
 fn path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
-/// Writes `value` unless the key already holds it (a read is cheaper than
+/// Writes `value` unless the file already holds it (a read is cheaper than
 /// a write that triggers kernel notifiers).
-pub fn ensure(key: &str, value: &str) -> Result<()> {
-    let p = path(key);
-    if let Ok(cur) = fs::read_to_string(&p) {
+fn write_if_changed(p: &str, value: &str) -> io::Result<()> {
+    if let Ok(cur) = fs::read_to_string(p) {
         if cur.trim() == value {
             return Ok(());
         }
     }
-    fs::write(&p, value).map_err(|source| Error::Kernel {
+    fs::write(p, value)
+}
+
+pub fn ensure(key: &str, value: &str) -> Result<()> {
+    write_if_changed(&path(key), value).map_err(|source| Error::Kernel {
         what: format!("set sysctl {key}={value}"),
         source,
     })
@@ -28,12 +31,7 @@ pub fn ensure(key: &str, value: &str) -> Result<()> {
 /// dotted form would split, so build the path directly.
 pub fn ensure_iface(prefix: &str, ifname: &str, leaf: &str, value: &str) -> Result<()> {
     let p = format!("/proc/sys/{}/{ifname}/{leaf}", prefix.replace('.', "/"));
-    if let Ok(cur) = fs::read_to_string(&p) {
-        if cur.trim() == value {
-            return Ok(());
-        }
-    }
-    match fs::write(&p, value) {
+    match write_if_changed(&p, value) {
         Ok(()) => Ok(()),
         Err(source) if source.kind() == ErrorKind::NotFound && prefix.contains("ipv6") => Ok(()),
         Err(source) => Err(Error::Kernel {
