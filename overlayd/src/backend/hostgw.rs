@@ -3,9 +3,9 @@
 //! works when every peer is on a network directly connected to this node
 //! (one L2 segment), which is why a peer that is not is reported.
 
-use super::{Backend, BackendError, ExternalInterface, Prepared};
+use super::{direct_route, own_ip_problem, Backend, BackendError, ExternalInterface, Prepared};
 use crate::lease::Lease;
-use crate::reconcile::{Desired, RouteSpec, Scope};
+use crate::reconcile::{Desired, Scope};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
@@ -67,25 +67,15 @@ impl Backend for HostGwBackend {
             return desired;
         };
         for peer in peers {
-            let ip = peer.attrs.public_ip;
-            if ip == ext.public_ip {
-                desired.problems.push(format!(
-                    "peer {}: PublicIP {ip} is this node's own; ignored",
-                    peer.subnet
-                ));
-            } else if connected.iter().any(|n| n.contains(&ip)) {
-                desired.routes.insert(RouteSpec {
-                    dst: peer.subnet,
-                    gateway: ip,
-                    oif: ext.index,
-                    onlink: false,
-                    metric: 0,
-                });
+            if let Some(problem) = own_ip_problem(ext, peer) {
+                desired.problems.push(problem);
+            } else if let Some(route) = direct_route(ext, peer, connected) {
+                desired.routes.insert(route);
             } else {
                 desired.problems.push(format!(
-                    "peer {} (PublicIP {ip}) is not on a network directly connected to {}; \
+                    "peer {} (PublicIP {}) is not on a network directly connected to {}; \
                      host-gw cannot route to it (use vxlan, or vxlan with DirectRouting)",
-                    peer.subnet, ext.name
+                    peer.subnet, peer.attrs.public_ip, ext.name
                 ));
             }
         }
@@ -96,7 +86,8 @@ impl Backend for HostGwBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::lease::test_lease;
+    use crate::reconcile::RouteSpec;
 
     fn ext(public: &str) -> ExternalInterface {
         ExternalInterface {
@@ -109,18 +100,7 @@ mod tests {
     }
 
     fn lease(subnet: &str, ip: &str) -> Lease {
-        Lease {
-            subnet: subnet.parse().unwrap(),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                public_ipv6: None,
-                backend_type: "host-gw".into(),
-                backend_data: serde_json::Value::Null,
-                backend_v6_data: None,
-            },
-            expiration: None,
-        }
+        test_lease(subnet, ip, "host-gw")
     }
 
     fn rt() -> tokio::runtime::Runtime {

@@ -10,7 +10,7 @@ pub mod vxlan;
 use crate::config::BackendConfig;
 use crate::kernel::KernelError;
 use crate::lease::Lease;
-use crate::reconcile::{Desired, Scope};
+use crate::reconcile::{Desired, RouteSpec, Scope};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
@@ -86,4 +86,32 @@ pub trait Backend: Send + Sync {
     /// not directly connected) are reported in `Desired::problems`, never
     /// silently dropped.
     fn desired(&self, own: &Lease, peers: &[&Lease], connected: &[Ipv4Net]) -> Desired;
+}
+
+/// Why a peer gets nothing when it claims this node's public IP.
+fn own_ip_problem(ext: &ExternalInterface, peer: &Lease) -> Option<String> {
+    let ip = peer.attrs.public_ip;
+    (ip == ext.public_ip).then(|| {
+        format!(
+            "peer {}: PublicIP {ip} is this node's own; ignored",
+            peer.subnet
+        )
+    })
+}
+
+/// The route to a peer's subnet via its public IP on the external
+/// interface (host-gw, vxlan DirectRouting), if that IP is on a network
+/// directly connected there.
+fn direct_route(ext: &ExternalInterface, peer: &Lease, connected: &[Ipv4Net]) -> Option<RouteSpec> {
+    let ip = peer.attrs.public_ip;
+    connected
+        .iter()
+        .any(|n| n.contains(&ip))
+        .then_some(RouteSpec {
+            dst: peer.subnet,
+            gateway: ip,
+            oif: ext.index,
+            onlink: false,
+            metric: 0,
+        })
 }

@@ -10,9 +10,9 @@
 //!   (flannel #1775); only VNI/port/local/dev/GBP changes recreate it;
 //! - the device is re-verified every reconcile round (deleted -> recreated).
 
-use super::{Backend, BackendError, ExternalInterface, Prepared};
+use super::{direct_route, own_ip_problem, Backend, BackendError, ExternalInterface, Prepared};
 use crate::config::VxlanConfig;
-use crate::kernel::link::{fmt_mac, parse_mac, VxlanParams};
+use crate::kernel::link::{fmt_mac, parse_mac, LinkState, VxlanParams};
 use crate::kernel::{Kernel, KernelError};
 use crate::lease::Lease;
 use crate::reconcile::{Desired, FdbSpec, NeighSpec, RouteSpec, Scope};
@@ -169,13 +169,14 @@ fn incompatible(
 
 /// Creates the device, adopts a compatible one (fixing MTU, MAC and
 /// learning in place, so pods' traffic is undisturbed) or recreates an
-/// incompatible one. Returns its ifindex.
-async fn ensure_device(kernel: &Kernel, spec: &DeviceSpec) -> Result<u32, BackendError> {
+/// incompatible one. Returns the device as it stands (its `up` state is
+/// as read, so the caller needs no second lookup).
+async fn ensure_device(kernel: &Kernel, spec: &DeviceSpec) -> Result<LinkState, BackendError> {
     if let Some(link) = kernel.link_by_name(&spec.name).await? {
         match incompatible(link.kind.as_ref(), link.vxlan.as_ref(), &spec.params) {
             None => {
                 fix_in_place(kernel, spec, &link).await?;
-                return Ok(link.index);
+                return Ok(link);
             }
             Some(reason) => {
                 tracing::warn!(device = %spec.name, %reason, "existing device is incompatible; recreating it");
@@ -189,7 +190,7 @@ async fn ensure_device(kernel: &Kernel, spec: &DeviceSpec) -> Result<u32, Backen
         .create_vxlan(&spec.name, &spec.params, spec.mtu, spec.mac)
         .await?;
     match kernel.link_by_name(&spec.name).await? {
-        Some(link) => Ok(link.index),
+        Some(link) => Ok(link),
         // Someone deleted it in between; the next round creates it again.
         None => Err(BackendError::Kernel(KernelError::Unexpected {
             what: format!("link {}", spec.name),
@@ -201,7 +202,7 @@ async fn ensure_device(kernel: &Kernel, spec: &DeviceSpec) -> Result<u32, Backen
 async fn fix_in_place(
     kernel: &Kernel,
     spec: &DeviceSpec,
-    link: &crate::kernel::link::LinkState,
+    link: &LinkState,
 ) -> Result<(), BackendError> {
     if link.mtu != spec.mtu {
         tracing::info!(device = %spec.name, from = link.mtu, to = spec.mtu, "changing MTU in place");
@@ -229,7 +230,7 @@ impl Backend for VxlanBackend {
     async fn prepare(&mut self, ext: &ExternalInterface) -> Result<Prepared, BackendError> {
         let spec = self.device_spec(ext)?;
         let kernel = Kernel::connect()?;
-        let index = ensure_device(&kernel, &spec).await?;
+        let index = ensure_device(&kernel, &spec).await?.index;
         self.ifindex.store(index, Ordering::SeqCst);
         let prepared = Prepared {
             backend_data: serde_json::json!({"VNI": spec.params.vni, "VtepMAC": fmt_mac(&spec.mac)}),
@@ -249,19 +250,19 @@ impl Backend for VxlanBackend {
         let (Some(kernel), Some(spec)) = (&self.kernel, &self.spec) else {
             return Err(BackendError::NotPrepared);
         };
-        let index = ensure_device(kernel, spec).await;
+        let link = ensure_device(kernel, spec).await;
         // Record what exists even when a later step fails, so the scope
         // (what may be pruned) follows the real device.
         self.ifindex
-            .store(*index.as_ref().unwrap_or(&0), Ordering::SeqCst);
-        let index = index?;
+            .store(link.as_ref().map_or(0, |l| l.index), Ordering::SeqCst);
+        let link = link?;
+        let index = link.index;
         // The subnet's network address as a /32: a source address for
         // host-to-pod traffic towards peers, without a broadcast route.
         let addr = Ipv4Net::new(own.subnet.network(), 32)
             .map_err(|e| BackendError::Config(format!("own subnet {}: {e}", own.subnet)))?;
         kernel.ensure_only_ipv4_addr(index, addr).await?;
-        let up = kernel.link_by_index(index).await?.is_some_and(|l| l.up);
-        if !up {
+        if !link.up {
             kernel.set_up(index).await?;
         }
         Ok(())
@@ -308,21 +309,15 @@ impl VxlanBackend {
     fn add_peer(&self, d: &mut Desired, peer: &Lease, at: &Underlay) {
         let subnet = peer.subnet;
         let public_ip = peer.attrs.public_ip;
-        if public_ip == at.ext.public_ip {
-            d.problems.push(format!(
-                "peer {subnet}: PublicIP {public_ip} is this node's own; ignored"
-            ));
+        if let Some(problem) = own_ip_problem(at.ext, peer) {
+            d.problems.push(problem);
             return;
         }
-        if self.cfg.direct_routing && at.connected.iter().any(|n| n.contains(&public_ip)) {
-            d.routes.insert(RouteSpec {
-                dst: subnet,
-                gateway: public_ip,
-                oif: at.ext.index,
-                onlink: false,
-                metric: 0,
-            });
-            return;
+        if self.cfg.direct_routing {
+            if let Some(route) = direct_route(at.ext, peer, at.connected) {
+                d.routes.insert(route);
+                return;
+            }
         }
         let Some(mac) = self.peer_vtep_mac(peer, &mut d.problems) else {
             return;

@@ -45,11 +45,6 @@ impl Kernel {
         first_link(req.execute(), &format!("link {name}")).await
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>, KernelError> {
-        let req = self.handle().link().get().match_index(index);
-        first_link(req.execute(), &format!("link #{index}")).await
-    }
-
     /// Creates a VXLAN device (down) with exactly these attributes.
     pub async fn create_vxlan(
         &self,

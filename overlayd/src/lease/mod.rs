@@ -44,6 +44,23 @@ pub struct Lease {
 /// Every lease in the network, ours included, keyed by IPv4 subnet.
 pub type LeaseSnapshot = BTreeMap<Ipv4Net, Lease>;
 
+/// A reservation-style lease (no expiry, no BackendData) for unit tests.
+#[cfg(test)]
+pub(crate) fn test_lease(subnet: &str, public_ip: &str, backend_type: &str) -> Lease {
+    Lease {
+        subnet: subnet.parse().unwrap(),
+        ipv6_subnet: None,
+        attrs: LeaseAttrs {
+            public_ip: public_ip.parse().unwrap(),
+            public_ipv6: None,
+            backend_type: backend_type.into(),
+            backend_data: serde_json::Value::Null,
+            backend_v6_data: None,
+        },
+        expiration: None,
+    }
+}
+
 /// What this node asks for when it acquires its lease.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest {

@@ -45,21 +45,13 @@ pub fn authoritative(snapshot: &LeaseSnapshot, own: &Lease) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::lease::test_lease;
     use std::time::Duration;
 
     fn lease(subnet: &str, ip: &str, kind: &str, expiration: Option<SystemTime>) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                public_ipv6: None,
-                backend_type: kind.into(),
-                backend_data: serde_json::Value::Null,
-                backend_v6_data: None,
-            },
             expiration,
+            ..test_lease(subnet, ip, kind)
         }
     }
 

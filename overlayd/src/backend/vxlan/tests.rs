@@ -2,7 +2,7 @@
 //! what each peer needs. Kernel behaviour is in tests/backend_vxlan.rs.
 
 use super::*;
-use crate::lease::LeaseAttrs;
+use crate::lease::test_lease;
 
 const DEV: u32 = 9;
 
@@ -36,18 +36,9 @@ fn backend(direct_routing: bool) -> VxlanBackend {
 }
 
 fn lease(subnet: &str, public_ip: &str, data: serde_json::Value) -> Lease {
-    Lease {
-        subnet: subnet.parse().unwrap(),
-        ipv6_subnet: None,
-        attrs: LeaseAttrs {
-            public_ip: public_ip.parse().unwrap(),
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: data,
-            backend_v6_data: None,
-        },
-        expiration: None,
-    }
+    let mut lease = test_lease(subnet, public_ip, "vxlan");
+    lease.attrs.backend_data = data;
+    lease
 }
 
 fn peer_data() -> serde_json::Value {
