@@ -22,6 +22,9 @@ use tokio::sync::watch;
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Cap while waiting for etcd or the config at start: both usually appear
+/// within seconds (etcd starting beside us), so keep polling briskly.
+const WAIT_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -155,39 +158,27 @@ fn etcd_options(flags: &Flags) -> EtcdOptions {
 
 /// Connects to etcd, waiting for it; bad TLS settings are fatal.
 async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, DaemonError> {
-    let mut delay = RETRY_MIN;
-    loop {
-        match EtcdStore::connect(opts).await {
-            Ok(s) => return Ok(s),
-            Err(e @ LeaseError::Config(_)) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to etcd");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let fatal = |e: &LeaseError| matches!(e, LeaseError::Config(_));
+    with_backoff("cannot connect to etcd", WAIT_MAX, fatal, || {
+        EtcdStore::connect(opts)
+    })
+    .await
 }
 
 /// Reads and validates net-conf.json from the store. An unreachable etcd
 /// or a missing config is waited for (flanneld does the same); an invalid
 /// config is fatal.
 pub async fn load_config(store: &dyn LeaseStore) -> Result<NetworkConfig, DaemonError> {
-    let mut delay = RETRY_MIN;
-    loop {
-        match store.network_config().await {
-            Ok(text) => {
-                let cfg = config::parse(&text)?;
-                tracing::info!(?cfg, "network config");
-                return Ok(cfg);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot read the network config");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let text = with_backoff(
+        "cannot read the network config",
+        WAIT_MAX,
+        |_| false,
+        || store.network_config(),
+    )
+    .await?;
+    let cfg = config::parse(&text)?;
+    tracing::info!(?cfg, "network config");
+    Ok(cfg)
 }
 
 fn lease_request(
@@ -216,17 +207,36 @@ fn lease_request(
 /// Acquires, retrying store failures with backoff; a full network or a
 /// bad config is fatal.
 async fn acquire(store: &dyn LeaseStore, req: &LeaseRequest) -> Result<Lease, DaemonError> {
+    let fatal =
+        |e: &LeaseError| matches!(e, LeaseError::NetworkFull { .. } | LeaseError::Config(_));
+    with_backoff("cannot acquire a lease", RETRY_MAX, fatal, || {
+        store.acquire(req)
+    })
+    .await
+}
+
+/// Runs `op` until it succeeds, sleeping between failures (doubling from
+/// RETRY_MIN up to `cap`); errors `fatal` accepts end the wait at once,
+/// since no amount of waiting fixes them.
+async fn with_backoff<T, F, Fut>(
+    what: &str,
+    cap: Duration,
+    fatal: impl Fn(&LeaseError) -> bool,
+    mut op: F,
+) -> Result<T, DaemonError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LeaseError>>,
+{
     let mut delay = RETRY_MIN;
     loop {
-        match store.acquire(req).await {
-            Ok(l) => return Ok(l),
-            Err(e @ (LeaseError::NetworkFull { .. } | LeaseError::Config(_))) => {
-                return Err(e.into())
-            }
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if fatal(&e) => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot acquire a lease");
+                tracing::warn!(error = %e, retry_in = ?delay, "{what}");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
+                delay = (delay * 2).min(cap);
             }
         }
     }
@@ -317,16 +327,8 @@ mod tests {
 
     fn lease(exp: Option<SystemTime>) -> Lease {
         Lease {
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: Ipv4Addr::new(10, 0, 0, 1),
-                public_ipv6: None,
-                backend_type: "vxlan".into(),
-                backend_data: serde_json::Value::Null,
-                backend_v6_data: None,
-            },
             expiration: exp,
+            ..crate::lease::test_lease("10.244.3.0/24", "10.0.0.1", "vxlan")
         }
     }
 
