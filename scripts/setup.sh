@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Installs what felt's build, tests, demo and benchmarks need, from Debian's
-# packages. Idempotent: installs only what is missing; safe to run twice.
+# Installs everything felt's build, tests, demo and benchmarks take from the
+# system, from Debian's packages, and nothing else. Idempotent: installs only
+# what is missing; safe to run twice. Packages are installed with
+# --no-install-recommends, so each one the build or a test needs is named
+# here, even where Debian only "recommends" it (libprotobuf-dev) or a base
+# image happens to have it (gcc, openssl, procps): a fresh machine must not
+# depend on what a used one picked up. `scripts/fresh-check.sh` proves it on
+# a freshly bootstrapped bookworm root.
 set -euo pipefail
 
 PACKAGES=(
-  iproute2                      # ip netns / link / route used by tests
+  # the build
+  gcc libc6-dev                 # cc for ring (rustls) and other -sys crates
+  protobuf-compiler             # etcd-client's build script runs protoc ...
+  libprotobuf-dev               # ... which needs google/protobuf/*.proto (only a Recommends of protobuf-compiler)
+  ca-certificates               # cargo fetching crates over https
+  # the tests, the demo and the benchmarks
+  iproute2                      # ip netns / link / route, bridge fdb, ss
   iputils-ping                  # ping between pods
-  etcd-server etcd-client       # the real lease store (etcd v3)
-  protobuf-compiler             # etcd-client's build needs protoc
-  iperf3                        # throughput in the demo and tests
-  nftables                      # masquerade rules
+  procps                        # sysctl inside test namespaces, ps
+  openssl                       # certificates for the etcd TLS tests
+  etcd-server etcd-client       # the real lease store (etcd v3) and etcdctl
+  iperf3                        # throughput in the demo, tests and benchmarks
+  nftables                      # nft: masquerade rules, root-namespace checks
   golang-go                     # builds the libcni conformance driver ...
   golang-github-appc-cni-dev    # ... against Debian's libcni (offline)
   containernetworking-plugins   # the reference bridge + host-local (benchmark)

@@ -6,6 +6,7 @@
 mod backend_util;
 
 use backend_util::*;
+use felt_common::kernel_monitor::KernelMonitor;
 use overlayd::backend::vxlan::VxlanBackend;
 use overlayd::backend::Backend;
 use overlayd::lease::{Lease, LeaseSnapshot};
@@ -40,8 +41,18 @@ fn daemon_restart_changes_nothing_in_the_kernel() {
     let snap = snapshot(&[&o, &b, &c]);
     vxlan_rounds(&node, vec![snap.clone()]);
     let index = ifindex(&node.ns, "flannel.1");
+    let log = std::env::temp_dir().join(format!("{}-monitor.log", node.ns.name));
+    let monitor = KernelMonitor::start(&node.ns.name, &log);
     // A new process: new backend, new reconciler, same leases.
     let reports = vxlan_rounds(&node, vec![snap]);
+    let changes: Vec<_> = monitor
+        .events()
+        .into_iter()
+        .filter(|e| !e.is_ipv6_link_local())
+        .collect();
+    drop(monitor);
+    let _ = std::fs::remove_file(&log);
+    assert!(changes.is_empty(), "the kernel saw changes: {changes:#?}");
     assert_eq!(reports[0].applied, 0, "{:?}", reports[0]);
     assert_eq!(ifindex(&node.ns, "flannel.1"), index);
     assert_peer_programmed(&node, "10.244.2.0", MAC_B, "192.168.50.2");

@@ -10,7 +10,10 @@ use std::net::Ipv4Addr;
 /// flannel's VXLAN device for VNI 1.
 pub const VTEP: &str = "flannel.1";
 
-/// A node's overlay-related kernel state.
+/// A node's overlay-related kernel state. Each list is a set: sorted by
+/// its canonical JSON text, so two states compare equal whatever order the
+/// kernel dumped them in (the neighbour and FDB hash tables are shared by
+/// every namespace and re-hashed as other tests add entries).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelState {
     /// Main-table routes.
@@ -37,11 +40,20 @@ pub fn snapshot(ns: &Netns) -> Result<KernelState> {
         (Vec::new(), Vec::new())
     };
     Ok(KernelState {
-        routes,
+        routes: as_set(routes),
         vtep,
-        neigh,
-        fdb,
+        neigh: as_set(neigh),
+        fdb: as_set(fdb),
     })
+}
+
+/// The list in canonical order, duplicates removed (serde_json's maps
+/// keep keys sorted, so equal objects print equal).
+fn as_set(items: Vec<Value>) -> Vec<Value> {
+    let mut keyed: Vec<(String, Value)> = items.into_iter().map(|v| (v.to_string(), v)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.dedup_by(|a, b| a.0 == b.0);
+    keyed.into_iter().map(|(_, v)| v).collect()
 }
 
 /// The fields of a link that only change when the device is recreated or

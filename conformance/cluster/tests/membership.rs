@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_pods_ping, cluster, CONVERGE};
+use common::{assert_pods_ping, cluster, monitor_node, overlay_changes, CONVERGE};
 use felt_cluster::process::Daemon;
 use felt_cluster::{Backend, Cluster, KernelState, ETCD_PREFIX, VTEP};
 use nix::sys::signal::Signal;
@@ -139,9 +139,14 @@ fn stop_pinger(pinger: Daemon) -> (u32, u32) {
 }
 
 /// Restarts overlayd on node3 with `signal`, pods pinging through it all
-/// along; asserts nothing changed anywhere.
+/// along; asserts nothing changed anywhere: the kernel reports no change
+/// to the overlay's objects on any node, and the state read back is the
+/// same set of objects.
 fn restart_once(c: &mut Cluster, signal: Signal) {
     let before = snapshot_all(c);
+    let monitors: Vec<_> = (0..c.nodes.len())
+        .map(|i| monitor_node(c, i, &format!("restart-{signal}")))
+        .collect();
     let subnet = c.nodes[2].subnet().unwrap();
     let key = c.nodes[2].lease_key(ETCD_PREFIX).unwrap();
     let lease_before = c.etcd().get(&key).unwrap().unwrap();
@@ -158,6 +163,14 @@ fn restart_once(c: &mut Cluster, signal: Signal) {
         .unwrap();
     // Leave the daemon time to (wrongly) rewrite anything.
     std::thread::sleep(Duration::from_millis(1500));
+    for (i, m) in monitors.iter().enumerate() {
+        let changes = overlay_changes(m.events());
+        assert!(
+            changes.is_empty(),
+            "node{}: the kernel reported overlay changes during the restart ({signal}): {changes:#?}",
+            i + 1
+        );
+    }
     let after = snapshot_all(c);
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         assert_eq!(
@@ -200,6 +213,7 @@ fn vxlan_node_restart_keeps_subnet_mac_and_traffic() {
 fn vxlan_node_reboot_keeps_subnet_and_vtep_mac() {
     let mut c = cluster(Backend::Vxlan, 3, 1);
     let peers_before = snapshot_all(&c);
+    let monitors = [monitor_node(&c, 0, "reboot"), monitor_node(&c, 1, "reboot")];
     let subnet = c.nodes[2].subnet().unwrap();
     let mac = c.peer(2).unwrap().vtep_mac.unwrap();
     c.node_mut(2)
@@ -225,6 +239,12 @@ fn vxlan_node_reboot_keeps_subnet_and_vtep_mac() {
     );
     let peers_after = snapshot_all(&c);
     for i in 0..2 {
+        let changes = overlay_changes(monitors[i].events());
+        assert!(
+            changes.is_empty(),
+            "node{}: the kernel reported overlay changes while node3 rebooted: {changes:#?}",
+            i + 1
+        );
         assert_eq!(peers_before[i], peers_after[i], "node{} changed", i + 1);
     }
     assert_pods_ping(&c);

@@ -2,7 +2,8 @@
 //! test repeats.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use felt_cluster::{Backend, Cluster, Naming};
+use felt_cluster::{Backend, Cluster, Naming, VTEP};
+use felt_common::kernel_monitor::{Event, KernelMonitor, Kind};
 use std::time::Duration;
 
 /// How long a cluster may take to route between its nodes.
@@ -47,4 +48,24 @@ pub fn assert_pods_ping(c: &Cluster) {
         }
     }
     assert!(failed.is_empty(), "pings failed:\n{}", failed.join("\n"));
+}
+
+/// Kernel change events that concern the overlay: every link, address and
+/// route event, and neighbour/FDB events on the VTEP. Left out are the
+/// kernel's own reactions: ARP on eth0 and cni0 and the bridge learning
+/// pod MACs (traffic), and IPv6 link-local addresses finishing duplicate
+/// address detection a second or two after a link came up.
+pub fn overlay_changes(events: Vec<Event>) -> Vec<Event> {
+    events
+        .into_iter()
+        .filter(|e| e.kind != Kind::Neigh || e.dev() == Some(VTEP))
+        .filter(|e| !e.is_ipv6_link_local())
+        .collect()
+}
+
+/// A kernel monitor in node `i`'s namespace, logging into the cluster dir.
+pub fn monitor_node(c: &Cluster, i: usize, tag: &str) -> KernelMonitor {
+    let node = &c.nodes[i];
+    let log = c.dir().join(format!("monitor-{}-{tag}.log", node.name));
+    KernelMonitor::start(node.ns.name(), &log)
 }
