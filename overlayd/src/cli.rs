@@ -78,7 +78,7 @@ pub struct Flags {
           value_parser = clap::value_parser!(u32).range(1..1440))]
     pub subnet_lease_renew_margin: u32,
 
-    /// Masquerade traffic leaving the pod network. Recorded in subnet.env (FLANNEL_IPMASQ); felt does not install the masquerade rules yet.
+    /// Masquerade traffic from pods to outside the pod network (flannel's rules, iptables or nftables per net-conf.json's EnableNFTables); also recorded in subnet.env (FLANNEL_IPMASQ).
     #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ip_masq: bool,
@@ -112,13 +112,35 @@ pub struct Flags {
     )]
     pub net_config_path: PathBuf,
 
-    /// Address for the health endpoint (accepted; the endpoint itself is not served yet).
+    /// Address the health endpoint listens on (/healthz, /readyz, /metrics).
     #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
-    pub healthz_ip: String,
+    pub healthz_ip: std::net::IpAddr,
 
-    /// Port for the health endpoint, 0 = disabled (accepted; not served yet).
+    /// Port of the health endpoint; 0 = not served.
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+
+    /// Install the FORWARD accept rules for the pod network (flannel's flag; rules as per EnableNFTables).
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub iptables_forward_rules: bool,
+
+    /// Seconds between checks that the masquerade/forward rules are intact (flannel's flag; felt's default is 2, flannel's 5).
+    #[arg(long, env = "FLANNELD_IPTABLES_RESYNC", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub iptables_resync: u64,
+
+    /// felt only: remove the masquerade and forward rules felt (or flannel) installed, in both iptables and nftables, then exit. The datapath and leases are left alone.
+    #[arg(long)]
+    pub uninstall_rules: bool,
+
+    /// felt only: log format, `text` (default) or `json` (one object per line).
+    #[arg(long, env = "FLANNELD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::log::Format,
+
+    /// felt only: lifetime of the etcd lease (flannel's is fixed at 24h); must be longer than the renew margin.
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub subnet_lease_ttl: Duration,
 
     /// felt only: how often the kernel state is re-checked against the leases even without changes (e.g. 30s, 5m).
     #[arg(long, env = "FLANNELD_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -142,6 +164,12 @@ impl Flags {
 
     pub fn renew_margin(&self) -> Duration {
         Duration::from_secs(u64::from(self.subnet_lease_renew_margin) * 60)
+    }
+
+    /// Where the health endpoint listens, if it is served.
+    pub fn healthz_addr(&self) -> Option<std::net::SocketAddr> {
+        (self.healthz_port != 0)
+            .then(|| std::net::SocketAddr::new(self.healthz_ip, self.healthz_port))
     }
 }
 
@@ -213,7 +241,9 @@ mod tests {
             f.net_config_path,
             PathBuf::from("/etc/kube-flannel/net-conf.json")
         );
-        assert_eq!((f.healthz_ip.as_str(), f.healthz_port), ("0.0.0.0", 0));
+        assert_eq!(f.healthz_addr(), None);
+        assert!(f.iptables_forward_rules);
+        assert_eq!(f.subnet_lease_ttl, Duration::from_secs(86400));
         assert_eq!(f.resync_interval, Duration::from_secs(30));
     }
 

@@ -1,23 +1,27 @@
-//! The startup sequence and the lease renewal loop.
+//! The startup sequence and the steady state.
 //!
-//! flags -> store -> net-conf.json -> external interface -> backend device
-//! -> lease -> own address on the device -> subnet.env -> watch leases +
-//! renew + reconcile. Everything that can be refused (flags, config,
-//! interface) is checked before the first kernel write or etcd write.
+//! health endpoint -> store -> net-conf.json -> external interface ->
+//! backend device -> lease watch -> lease (waiting while the network is
+//! full) -> own address on the device -> subnet.env -> reconcile + renew.
+//! Everything that can be refused (flags, config, interface) is checked
+//! before the first kernel write or store write.
 
-use crate::backend::{self, Backend, BackendError, ExternalInterface, Prepared};
+use crate::backend::{self, BackendError, ExternalInterface, Prepared};
 use crate::cli::Flags;
 use crate::config::{self, ConfigError, NetworkConfig};
+use crate::health::readiness::{Condition, Readiness};
+use crate::health::{self, Endpoints, HealthError};
 use crate::iface::{self, IfaceError, Selector};
 use crate::lease::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use crate::lease::{Lease, LeaseAttrs, LeaseError, LeaseRequest, LeaseSnapshot, LeaseStore};
-use crate::reconcile::{self, ReconcileError};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, ReconcileError, Reconciler};
 use felt_common::subnet_env::{SubnetEnv, SubnetEnvError};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -25,6 +29,8 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Cap while waiting for etcd or the config at start: both usually appear
 /// within seconds (etcd starting beside us), so keep polling briskly.
 const WAIT_MAX: Duration = Duration::from_secs(5);
+/// Cap of renewal retries once renewal is overdue: the lease is at stake.
+const OVERDUE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -42,17 +48,67 @@ pub enum DaemonError {
     SubnetFile(#[from] SubnetEnvError),
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
     #[error("{0} stopped unexpectedly")]
     TaskEnded(&'static str),
+}
+
+/// What the parts of a running daemon share.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Shared {
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(Readiness::new()),
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Runs the daemon until a task fails; the caller races it against
 /// SIGTERM/SIGINT. Nothing is torn down on exit: pods keep their network
 /// across a restart.
 pub async fn run(flags: Flags) -> Result<(), DaemonError> {
+    let shared = Shared::new();
+    // First, so /healthz answers and /readyz says what is awaited while
+    // the rest starts (or waits for etcd).
+    let _health = match flags.healthz_addr() {
+        Some(addr) => Some(
+            health::serve(
+                addr,
+                Endpoints {
+                    readiness: shared.readiness.clone(),
+                    metrics: shared.metrics.clone(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     refuse_unsupported(&flags)?;
-    let store = Arc::new(connect(&etcd_options(&flags)).await?);
+    let store = connect(&etcd_options(&flags), &shared, &flags).await?;
     let cfg = load_config(store.as_ref()).await?;
+    start(flags, store, cfg, shared).await
+}
+
+/// From a store and its config to the steady state.
+async fn start(
+    flags: Flags,
+    store: Arc<dyn LeaseStore>,
+    cfg: NetworkConfig,
+    shared: Shared,
+) -> Result<(), DaemonError> {
     if cfg.enable_ipv6 || !cfg.enable_ipv4 {
         return Err(DaemonError::Unsupported(
             "net-conf.json: EnableIPv6 / IPv6-only networks are not supported by felt yet (IPv4 only)".into(),
@@ -71,10 +127,20 @@ pub async fn run(flags: Flags) -> Result<(), DaemonError> {
     tracing::info!(iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
     let mut backend = backend::build(&cfg.backend)?;
     let prepared = backend.prepare(&ext).await?;
+    // The lease watch starts before the lease is held: a node waiting for
+    // a free subnet wakes when one is freed, and the reconciler's first
+    // listing is ready by the time it starts.
+    let (tx, rx) = watch::channel(Arc::new(LeaseSnapshot::new()));
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move { store.watch_leases(tx).await })
+    };
     let req = lease_request(&flags.subnet_file, &ext, backend.backend_type(), &prepared);
-    let lease = acquire(store.as_ref(), &req).await?;
+    let lease = acquire(store.as_ref(), &req, &shared, rx.clone()).await?;
     tracing::info!(subnet = %lease.subnet, "lease acquired");
+    lease_held(&shared, &lease);
     backend.configure_own(&lease).await?;
+    shared.readiness.ok(Condition::Rules, "none managed");
     write_subnet_file(
         &flags.subnet_file,
         &cfg,
@@ -82,31 +148,28 @@ pub async fn run(flags: Flags) -> Result<(), DaemonError> {
         prepared.mtu,
         flags.ip_masq,
     )?;
+    shared.readiness.ok(
+        Condition::SubnetFile,
+        flags.subnet_file.display().to_string(),
+    );
     tracing::info!(path = %flags.subnet_file.display(), "wrote subnet file");
-    serve(store, Arc::from(backend), lease, network, &flags).await
-}
-
-/// The steady state: lease watch, renewal and reconciliation, until one
-/// of them fails.
-async fn serve(
-    store: Arc<EtcdStore>,
-    backend: Arc<dyn Backend>,
-    lease: Lease,
-    network: Ipv4Net,
-    flags: &Flags,
-) -> Result<(), DaemonError> {
-    // Seeded with our own lease so the reconciler's first round (before
-    // the first listing arrives) knows the set is not stale.
-    let seed = LeaseSnapshot::from([(lease.subnet, lease.clone())]);
-    let (tx, rx) = watch::channel(Arc::new(seed));
-    let watcher = {
-        let store = store.clone();
-        tokio::spawn(async move { store.watch_leases(tx).await })
-    };
-    let margin = flags.renew_margin();
-    let renewer = tokio::spawn(renew_loop(store, lease.clone(), margin, rx.clone()));
+    let rec = Reconciler::new(
+        Arc::from(backend),
+        lease.clone(),
+        network,
+        cfg.subnet_len,
+        shared.metrics.clone(),
+    )?
+    .with_readiness(shared.readiness.clone());
+    let renewer = tokio::spawn(renew_loop(
+        store,
+        lease,
+        flags.renew_margin(),
+        rx.clone(),
+        shared.clone(),
+    ));
     tokio::select! {
-        r = reconcile::run(backend, lease, network, rx, flags.resync_interval) => {
+        r = reconcile::run(rec, rx, flags.resync_interval) => {
             r?;
             Err(DaemonError::TaskEnded("reconciler"))
         }
@@ -128,17 +191,6 @@ fn refuse_unsupported(flags: &Flags) -> Result<(), DaemonError> {
             "--kube-subnet-mgr is not yet supported by felt: use etcd (--etcd-endpoints)".into(),
         ));
     }
-    if flags.ip_masq {
-        tracing::warn!(
-            "--ip-masq is recorded in subnet.env, but felt does not install masquerade rules yet"
-        );
-    }
-    if flags.healthz_port != 0 {
-        tracing::warn!(
-            port = flags.healthz_port,
-            "--healthz-port: the health endpoint is not served yet"
-        );
-    }
     Ok(())
 }
 
@@ -157,12 +209,27 @@ fn etcd_options(flags: &Flags) -> EtcdOptions {
 }
 
 /// Connects to etcd, waiting for it; bad TLS settings are fatal.
-async fn connect(opts: &EtcdOptions) -> Result<EtcdStore, DaemonError> {
+async fn connect(
+    opts: &EtcdOptions,
+    shared: &Shared,
+    flags: &Flags,
+) -> Result<Arc<dyn LeaseStore>, DaemonError> {
+    if flags.subnet_lease_ttl <= flags.renew_margin() {
+        return Err(DaemonError::Unsupported(format!(
+            "--subnet-lease-ttl {:?} must be longer than --subnet-lease-renew-margin ({} min)",
+            flags.subnet_lease_ttl, flags.subnet_lease_renew_margin
+        )));
+    }
     let fatal = |e: &LeaseError| matches!(e, LeaseError::Config(_));
-    with_backoff("cannot connect to etcd", WAIT_MAX, fatal, || {
+    let store = with_backoff("cannot connect to etcd", WAIT_MAX, fatal, || {
         EtcdStore::connect(opts)
     })
-    .await
+    .await?;
+    Ok(Arc::new(
+        store
+            .with_ttl(flags.subnet_lease_ttl)
+            .with_metrics(shared.metrics.clone()),
+    ))
 }
 
 /// Reads and validates net-conf.json from the store. An unreachable etcd
@@ -204,15 +271,49 @@ fn lease_request(
     }
 }
 
-/// Acquires, retrying store failures with backoff; a full network or a
+/// Acquires, retrying store failures with backoff. A full network is
+/// waited out (flannel exits): the wait ends early when the lease
+/// snapshot shows a lease gone, so a freed subnet is taken at once. Only a
 /// bad config is fatal.
-async fn acquire(store: &dyn LeaseStore, req: &LeaseRequest) -> Result<Lease, DaemonError> {
-    let fatal =
-        |e: &LeaseError| matches!(e, LeaseError::NetworkFull { .. } | LeaseError::Config(_));
-    with_backoff("cannot acquire a lease", RETRY_MAX, fatal, || {
-        store.acquire(req)
-    })
-    .await
+async fn acquire(
+    store: &dyn LeaseStore,
+    req: &LeaseRequest,
+    shared: &Shared,
+    mut leases: watch::Receiver<Arc<LeaseSnapshot>>,
+) -> Result<Lease, DaemonError> {
+    let mut delay = RETRY_MIN;
+    loop {
+        let err = match store.acquire(req).await {
+            Ok(lease) => return Ok(lease),
+            Err(e @ LeaseError::Config(_)) => return Err(e.into()),
+            Err(e) => e,
+        };
+        let full = matches!(err, LeaseError::NetworkFull { .. });
+        let why = if full {
+            format!("{err}; waiting for a lease to be freed")
+        } else {
+            format!("cannot acquire a lease: {err}")
+        };
+        shared.readiness.not(Condition::Lease, why.clone());
+        tracing::warn!(error = %err, retry_in = ?delay, "{}", if full { "network full" } else { "cannot acquire a lease" });
+        let held = leases.borrow().len();
+        let freed = async {
+            while leases.changed().await.is_ok() {
+                if leases.borrow().len() < held {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => delay = (delay * 2).min(RETRY_MAX),
+            _ = freed => {
+                // Spread the nodes that all saw the same lease go.
+                let spread = Duration::from_millis(rand::random_range(0..300));
+                tokio::time::sleep(spread).await;
+            }
+        }
+    }
 }
 
 /// Runs `op` until it succeeds, sleeping between failures (doubling from
@@ -263,17 +364,32 @@ pub fn write_subnet_file(
     env.write_atomic(path)
 }
 
+/// Records a held lease in readiness and metrics.
+fn lease_held(shared: &Shared, lease: &Lease) {
+    let expiry = lease.term.expires();
+    let unix = expiry
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    shared.metrics.set_lease(&lease.subnet.to_string(), unix);
+    shared
+        .readiness
+        .ok(Condition::Lease, lease.subnet.to_string());
+}
+
 /// Keeps the lease: renews `margin` before expiry, and at once when a
 /// snapshot shows our key gone or changed. A deleted key is re-created on
 /// the same subnet; only a subnet now held by another node ends the loop
-/// (`Lost`). Store failures retry with backoff.
+/// (`Lost`). Store failures retry with backoff; once renewal is overdue
+/// the node reports not ready (the lease may run out) until it succeeds.
 pub async fn renew_loop(
     store: Arc<dyn LeaseStore>,
     mut lease: Lease,
     margin: Duration,
     mut leases: watch::Receiver<Arc<LeaseSnapshot>>,
+    shared: Shared,
 ) -> Result<(), LeaseError> {
     let mut retry: Option<Duration> = None;
+    let mut failing_since: Option<SystemTime> = None;
     loop {
         let wait = retry.unwrap_or_else(|| until_renewal(&lease, margin));
         tokio::select! {
@@ -287,21 +403,36 @@ pub async fn renew_loop(
                 if intact || retry.is_some() {
                     continue;
                 }
-                tracing::warn!(subnet = %lease.subnet, "our lease changed or vanished in etcd; renewing now");
+                tracing::warn!(subnet = %lease.subnet, "our lease changed or vanished in the store; renewing now");
             }
         }
         match store.renew(&lease).await {
             Ok(l) => {
                 let left = l
-                    .expiration
+                    .term
+                    .expires()
                     .and_then(|e| e.duration_since(SystemTime::now()).ok());
                 tracing::info!(subnet = %l.subnet, expires_in_s = left.map(|d| d.as_secs()), "lease renewed");
                 lease = l;
+                lease_held(&shared, &lease);
                 retry = None;
+                failing_since = None;
             }
             Err(e @ LeaseError::Lost(_)) => return Err(e),
             Err(e) => {
-                let next = retry.map_or(RETRY_MIN, |d| (d * 2).min(RETRY_MAX));
+                let since = *failing_since.get_or_insert_with(SystemTime::now);
+                let overdue = until_renewal(&lease, margin).is_zero();
+                let cap = if overdue {
+                    OVERDUE_RETRY_MAX
+                } else {
+                    RETRY_MAX
+                };
+                let next = retry.map_or(RETRY_MIN, |d| (d * 2).min(cap));
+                if overdue {
+                    shared
+                        .readiness
+                        .not(Condition::Lease, overdue_reason(&lease, since, &e));
+                }
                 tracing::warn!(error = %e, retry_in = ?next, "lease renewal failed");
                 retry = Some(next);
             }
@@ -309,10 +440,27 @@ pub async fn renew_loop(
     }
 }
 
-/// Time until the renewal point; reservations never need one (a year is
-/// "never" for a sleep that the snapshot watch can interrupt).
+fn overdue_reason(lease: &Lease, since: SystemTime, e: &LeaseError) -> String {
+    let failing = SystemTime::now().duration_since(since).unwrap_or_default();
+    let left = lease
+        .term
+        .expires()
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .map_or("has expired".to_string(), |d| {
+            format!("expires in {}s", d.as_secs())
+        });
+    format!(
+        "renewal of {} is overdue: the store has failed for {}s ({e}); the lease {left}",
+        lease.subnet,
+        failing.as_secs()
+    )
+}
+
+/// Time until the renewal point; reservations (and leases whose expiry is
+/// unknown) never need one: a year is "never" for a sleep that the
+/// snapshot watch can interrupt.
 fn until_renewal(lease: &Lease, margin: Duration) -> Duration {
-    match lease.expiration {
+    match lease.term.expires() {
         None => Duration::from_secs(365 * 24 * 3600),
         Some(exp) => exp
             .checked_sub(margin)
@@ -324,10 +472,11 @@ fn until_renewal(lease: &Lease, margin: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::Term;
 
     fn lease(exp: Option<SystemTime>) -> Lease {
         Lease {
-            expiration: exp,
+            term: exp.map_or(Term::Reservation, |t| Term::Expiring(Some(t))),
             ..crate::lease::test_lease("10.244.3.0/24", "10.0.0.1", "vxlan")
         }
     }

@@ -156,7 +156,7 @@ fn two_daemons_route_pods_restart_without_flap_and_unroute_a_gone_node() {
     let restarted = wait_until(PATIENCE, || {
         let log = std::fs::read_to_string(dir.0.join("a2.log")).unwrap_or_default();
         log.lines()
-            .any(|l| l.contains("reconcile round") && l.contains("prune=true"))
+            .any(|l| l.contains("full pass") && l.contains("prune=true"))
     });
     assert!(
         restarted.is_some(),

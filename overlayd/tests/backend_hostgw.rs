@@ -7,7 +7,6 @@ mod backend_util;
 use backend_util::*;
 use overlayd::backend::hostgw::HostGwBackend;
 use overlayd::backend::Backend;
-use overlayd::reconcile::Reconciler;
 use std::sync::Arc;
 
 #[test]
@@ -43,7 +42,7 @@ fn host_gw_routes_connected_peers_and_reports_the_rest() {
         b.prepare(&ext).await.unwrap();
         b.configure_own(&o).await.unwrap();
         let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let mut rec = Reconciler::new(backend, o, NETWORK.parse().unwrap()).unwrap();
+        let mut rec = reconciler(backend, o, NETWORK.parse().unwrap());
         rec.round(&snap, true).await
     });
     let r = route_to(&node.ns, "10.244.2.0/24").unwrap();
@@ -88,7 +87,7 @@ fn a_failing_operation_does_not_block_the_others_and_is_retried() {
         let mut b = HostGwBackend::new();
         b.prepare(&ext).await.unwrap();
         let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let mut rec = Reconciler::new(backend, o, NETWORK.parse().unwrap()).unwrap();
+        let mut rec = reconciler(backend, o, NETWORK.parse().unwrap());
         vec![
             rec.round(&snap, true).await,
             rec.round(&snap, true).await,

@@ -10,7 +10,6 @@ use felt_common::kernel_monitor::KernelMonitor;
 use overlayd::backend::vxlan::VxlanBackend;
 use overlayd::backend::Backend;
 use overlayd::lease::{Lease, LeaseSnapshot};
-use overlayd::reconcile::Reconciler;
 use std::sync::Arc;
 
 #[test]
@@ -83,7 +82,7 @@ fn hundreds_of_peers_converge_and_the_next_round_writes_nothing() {
         b.prepare(&ext).await.unwrap();
         b.configure_own(&o).await.unwrap();
         let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let mut rec = Reconciler::new(backend, o, NETWORK.parse().unwrap()).unwrap();
+        let mut rec = reconciler(backend, o, NETWORK.parse().unwrap());
         let t = std::time::Instant::now();
         let r1 = rec.round(&snap, true).await;
         let first = t.elapsed();
@@ -152,8 +151,10 @@ fn state_of_nodes_without_a_lease_is_removed_at_start_and_foreign_state_kept() {
         "flannel.1",
         "onlink",
     ]);
-    // Not felt's: our own subnet on cni0, a route outside the network,
-    // a pod-network route through an unrelated interface.
+    // A direct route left by a peer that vanished while DirectRouting was
+    // on: felt's, though DirectRouting is off now.
+    // Not felt's: our own subnet on cni0, a route outside the network, a
+    // pod-network route through an unrelated interface (cni0).
     ns.exec_ok(&["ip", "link", "add", "cni0", "type", "bridge"]);
     ns.exec_ok(&["ip", "addr", "add", "10.244.1.1/24", "dev", "cni0"]);
     ns.exec_ok(&["ip", "link", "set", "cni0", "up"]);
@@ -179,6 +180,17 @@ fn state_of_nodes_without_a_lease_is_removed_at_start_and_foreign_state_kept() {
         "e0",
     ]);
 
+    ns.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.201.0/24",
+        "via",
+        "10.244.1.77",
+        "dev",
+        "cni0",
+    ]);
+
     let (o, b) = (own(&node, "vxlan"), peer_b());
     let reports = vxlan_rounds(&node, vec![snapshot(&[&o, &b])]);
     assert!(reports[0].pruned);
@@ -200,8 +212,12 @@ fn state_of_nodes_without_a_lease_is_removed_at_start_and_foreign_state_kept() {
         "route outside the network touched"
     );
     assert!(
-        route_to(ns, "10.244.200.0/24").is_some(),
-        "route via ext without direct routing touched"
+        route_to(ns, "10.244.200.0/24").is_none(),
+        "a direct route of a vanished peer was kept with DirectRouting off"
+    );
+    assert!(
+        route_to(ns, "10.244.201.0/24").is_some(),
+        "a pod-network route through another interface was touched"
     );
 }
 
@@ -273,7 +289,7 @@ fn direct_routing_uses_the_underlay_for_connected_peers() {
         b.prepare(&ext).await.unwrap();
         b.configure_own(&o).await.unwrap();
         let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let mut rec = Reconciler::new(backend, o, NETWORK.parse().unwrap()).unwrap();
+        let mut rec = reconciler(backend, o, NETWORK.parse().unwrap());
         rec.round(&snap, true).await
     });
     assert_eq!(report.failed, 0, "{report:?}");

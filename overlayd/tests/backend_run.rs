@@ -34,9 +34,7 @@ fn run_never_prunes_on_the_channel_seed_only_on_listings() {
         let net = NETWORK.parse().unwrap();
         let resync = Duration::from_millis(100);
         let task = tokio::spawn(overlayd::reconcile::run(
-            backend,
-            o.clone(),
-            net,
+            reconciler(backend, o.clone(), net),
             rx,
             resync,
         ));
@@ -83,9 +81,7 @@ fn run_repairs_hand_made_damage_quickly_and_follows_new_snapshots() {
         let resync = Duration::from_secs(3600);
         let net = NETWORK.parse().unwrap();
         let task = tokio::spawn(overlayd::reconcile::run(
-            backend,
-            o.clone(),
-            net,
+            reconciler(backend, o.clone(), net),
             rx,
             resync,
         ));

@@ -12,7 +12,7 @@ use overlayd::backend::hostgw::HostGwBackend;
 use overlayd::backend::vxlan::VxlanBackend;
 use overlayd::backend::{Backend, Prepared};
 use overlayd::lease::Lease;
-use overlayd::reconcile::{Reconciler, RoundReport};
+use overlayd::reconcile::RoundReport;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ fn converge(node: &Node, kind: Kind, own: Lease, peers: Vec<Lease>) -> RoundRepo
         let mut all: Vec<&Lease> = peers.iter().collect();
         all.push(&own);
         let snap = snapshot(&all);
-        let mut rec = Reconciler::new(backend, own, NETWORK.parse().unwrap()).unwrap();
+        let mut rec = reconciler(backend, own, NETWORK.parse().unwrap());
         rec.round(&snap, true).await
     })
 }

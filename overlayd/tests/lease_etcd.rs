@@ -12,7 +12,7 @@ mod lease_util;
 use etcd_client::Client;
 use etcd_util::Etcd;
 use lease_util::*;
-use overlayd::lease::{Lease, LeaseError, LeaseSnapshot, LeaseStore};
+use overlayd::lease::{Lease, LeaseError, LeaseSnapshot, LeaseStore, Term};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -39,7 +39,8 @@ async fn acquire_writes_flannel_key_json_and_24h_ttl() {
     assert_eq!(granted, 86400);
     assert!(ttl > 86300, "remaining TTL {ttl}");
     let exp = lease
-        .expiration
+        .term
+        .expires()
         .unwrap()
         .duration_since(std::time::SystemTime::now())
         .unwrap();
@@ -165,7 +166,10 @@ async fn reservations_are_honoured_and_network_full_is_clear() {
     host_gw.attrs.backend_data = serde_json::Value::Null;
     // Our reservation is used and stays a reservation (no TTL).
     let mine = s.acquire(&host_gw).await.unwrap();
-    assert_eq!((mine.subnet, mine.expiration), (net("10.9.0.12/30"), None));
+    assert_eq!(
+        (mine.subnet, mine.term),
+        (net("10.9.0.12/30"), Term::Reservation)
+    );
     assert_eq!(key_ttl(&etcd, &reserved_mine).await.0, 0);
     // Someone else's previous subnet is reserved: never handed out.
     let third = s
@@ -219,7 +223,7 @@ async fn renew_extends_ttl_recreates_deleted_key_and_detects_theft() {
         "TTL after renew {after}, expected >= {floor}"
     );
     assert_ne!(id1, id2);
-    assert!(renewed.expiration > lease.expiration);
+    assert!(renewed.term.expires() > lease.term.expires());
     // The old etcd lease was revoked, not left to linger.
     let mut c = Client::connect([etcd.endpoint.as_str()], None)
         .await
@@ -263,7 +267,11 @@ async fn watch_publishes_snapshot_then_adds_and_deletes() {
     .await;
     let l: Lease = rx.borrow().get(&net("10.5.1.0/24")).cloned().unwrap();
     assert_eq!(l.attrs.public_ip, Ipv4Addr::new(10, 0, 0, 1));
-    assert_eq!(l.expiration, None, "a key without TTL is a reservation");
+    assert_eq!(
+        l.term,
+        Term::Reservation,
+        "a key without TTL is a reservation"
+    );
 
     let t = std::time::Instant::now();
     let mine = s
@@ -280,7 +288,7 @@ async fn watch_publishes_snapshot_then_adds_and_deletes() {
     })
     .await;
     println!("acquire + watch delivery took {:?}", t.elapsed());
-    assert!(rx.borrow()[&mine.subnet].expiration.is_some());
+    assert!(!rx.borrow().get(&mine.subnet).unwrap().term.is_reservation());
     etcd.etcdctl_ok(&["del", &format!("{PREFIX}/subnets/10.5.1.0-24")]);
     until(&mut rx, "the deletion", |m| {
         !has(m, "10.5.1.0/24") && m.len() == 1

@@ -61,6 +61,7 @@ async fn renew_loop_renews_before_expiry_and_ends_only_when_subnet_is_taken() {
         lease.clone(),
         Duration::from_secs(8),
         rx,
+        overlayd::daemon::Shared::new(),
     ));
     let (ttl, granted) = renewal_after(&etcd, &key, id1).await;
     assert_eq!(granted, 10);
@@ -99,6 +100,7 @@ async fn watch_and_renewal_recover_after_etcd_restarts() {
         lease.clone(),
         margin,
         rx.clone(),
+        overlayd::daemon::Shared::new(),
     ));
 
     // etcd down across a renewal point (renewal due ~2 s after acquire).

@@ -5,7 +5,7 @@
 
 use super::{direct_route, own_ip_problem, Backend, BackendError, ExternalInterface, Prepared};
 use crate::lease::Lease;
-use crate::reconcile::{Desired, Scope};
+use crate::spec::{ObjectKind, PeerObjects, Scope};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
@@ -48,8 +48,8 @@ impl Backend for HostGwBackend {
         Ok(())
     }
 
-    async fn ensure(&self, _own: &Lease) -> Result<(), BackendError> {
-        Ok(())
+    async fn ensure(&self, _own: &Lease) -> Result<Vec<ObjectKind>, BackendError> {
+        Ok(Vec::new())
     }
 
     fn scope(&self) -> Scope {
@@ -60,26 +60,20 @@ impl Backend for HostGwBackend {
         }
     }
 
-    fn desired(&self, _own: &Lease, peers: &[&Lease], connected: &[Ipv4Net]) -> Desired {
-        let mut desired = Desired::default();
-        let Some(ext) = self.ext.as_ref() else {
-            desired.problems.push("host-gw backend not prepared".into());
-            return desired;
-        };
-        for peer in peers {
-            if let Some(problem) = own_ip_problem(ext, peer) {
-                desired.problems.push(problem);
-            } else if let Some(route) = direct_route(ext, peer, connected) {
-                desired.routes.insert(route);
-            } else {
-                desired.problems.push(format!(
-                    "peer {} (PublicIP {}) is not on a network directly connected to {}; \
-                     host-gw cannot route to it (use vxlan, or vxlan with DirectRouting)",
-                    peer.subnet, peer.attrs.public_ip, ext.name
-                ));
-            }
-        }
-        desired
+    fn peer_objects(&self, peer: &Lease, connected: &[Ipv4Net]) -> Result<PeerObjects, String> {
+        let ext = self.ext.as_ref().ok_or("host-gw backend not prepared")?;
+        own_ip_problem(ext, peer)?;
+        let route = direct_route(ext, peer, connected).ok_or_else(|| {
+            format!(
+                "PublicIP {} is not on a network directly connected to {}; \
+                 host-gw cannot route to it (use vxlan, or vxlan with DirectRouting)",
+                peer.attrs.public_ip, ext.name
+            )
+        })?;
+        Ok(PeerObjects {
+            routes: vec![route],
+            ..PeerObjects::default()
+        })
     }
 }
 
@@ -87,7 +81,7 @@ impl Backend for HostGwBackend {
 mod tests {
     use super::*;
     use crate::lease::test_lease;
-    use crate::reconcile::RouteSpec;
+    use crate::spec::RouteSpec;
 
     fn ext(public: &str) -> ExternalInterface {
         ExternalInterface {
@@ -134,7 +128,7 @@ mod tests {
         let d = b.desired(&own, &[&near, &far], &["192.168.1.0/24".parse().unwrap()]);
         let want = RouteSpec {
             dst: near.subnet,
-            gateway: "192.168.1.2".parse().unwrap(),
+            gateway: Some("192.168.1.2".parse().unwrap()),
             oif: 2,
             onlink: false,
             metric: 0,

@@ -1,8 +1,9 @@
 //! Backends: how traffic reaches the other nodes' subnets.
 //!
 //! A backend turns leases into the kernel objects it needs. It creates its
-//! own device (`prepare`), and says *what* the peers need (`desired`, pure);
-//! only the reconciler (`crate::reconcile`) writes peer state to the kernel.
+//! own device (`prepare`), and says *what* each peer needs
+//! (`peer_objects`, pure); only the reconciler (`crate::reconcile`) writes
+//! peer state to the kernel.
 
 pub mod hostgw;
 pub mod vxlan;
@@ -10,7 +11,7 @@ pub mod vxlan;
 use crate::config::BackendConfig;
 use crate::kernel::KernelError;
 use crate::lease::Lease;
-use crate::reconcile::{Desired, RouteSpec, Scope};
+use crate::spec::{Desired, ObjectKind, PeerObjects, RouteSpec, Scope};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
@@ -73,30 +74,58 @@ pub trait Backend: Send + Sync {
 
     /// Called by the reconciler at the start of every round: re-verifies
     /// the device and own address (recreates a device deleted by hand,
-    /// fixes MTU/MAC in place). Cheap when nothing differs.
-    async fn ensure(&self, own: &Lease) -> Result<(), BackendError>;
+    /// fixes MTU/MAC in place). Cheap when nothing differs. Returns what it
+    /// had to create or change (none when everything was right).
+    async fn ensure(&self, own: &Lease) -> Result<Vec<ObjectKind>, BackendError>;
 
     /// The kernel objects this backend owns (what the reconciler may
     /// delete). Reflects the device's current ifindex.
     fn scope(&self) -> Scope;
 
-    /// Pure: the routes/neighbours/FDB entries the peers need. `connected`
-    /// are the networks directly connected on the external interface (for
-    /// host-gw and DirectRouting). Peers that cannot be served (host-gw:
-    /// not directly connected) are reported in `Desired::problems`, never
-    /// silently dropped.
-    fn desired(&self, own: &Lease, peers: &[&Lease], connected: &[Ipv4Net]) -> Desired;
+    /// Pure: the routes/neighbours/FDB entries one peer needs, or why it
+    /// cannot be served (host-gw: not directly connected). `connected` are
+    /// the networks directly connected on the external interface (for
+    /// host-gw and DirectRouting). The peer has passed the reconciler's
+    /// checks (inside the network, aligned, a usable public IP).
+    fn peer_objects(&self, peer: &Lease, connected: &[Ipv4Net]) -> Result<PeerObjects, String>;
+
+    /// Pure: what the backend needs whatever the peers (udp: one route for
+    /// the whole network to its TUN). None by default.
+    fn base_objects(&self, _own: &Lease) -> PeerObjects {
+        PeerObjects::default()
+    }
+
+    /// The peers now served, for a backend that forwards in userspace
+    /// (udp's peer table). Called after each pass that changed them.
+    fn set_peers(&self, _peers: &[&Lease]) {}
+
+    /// Pure: everything `peers` need, in order, each peer's objects added
+    /// unless they clash with an earlier peer's (see `Desired::try_add`).
+    fn desired(&self, own: &Lease, peers: &[&Lease], connected: &[Ipv4Net]) -> Desired {
+        let mut desired = Desired::default();
+        desired.add(&self.base_objects(own));
+        for peer in peers {
+            let added = self
+                .peer_objects(peer, connected)
+                .and_then(|objects| desired.try_add(&objects));
+            if let Err(problem) = added {
+                desired.problems.push(format!(
+                    "peer {} ({}): {problem}",
+                    peer.subnet, peer.attrs.public_ip
+                ));
+            }
+        }
+        desired
+    }
 }
 
 /// Why a peer gets nothing when it claims this node's public IP.
-fn own_ip_problem(ext: &ExternalInterface, peer: &Lease) -> Option<String> {
+fn own_ip_problem(ext: &ExternalInterface, peer: &Lease) -> Result<(), String> {
     let ip = peer.attrs.public_ip;
-    (ip == ext.public_ip).then(|| {
-        format!(
-            "peer {}: PublicIP {ip} is this node's own; ignored",
-            peer.subnet
-        )
-    })
+    if ip == ext.public_ip || ip == ext.iface_addr {
+        return Err(format!("PublicIP {ip} is this node's own; ignored"));
+    }
+    Ok(())
 }
 
 /// The route to a peer's subnet via its public IP on the external
@@ -109,7 +138,7 @@ fn direct_route(ext: &ExternalInterface, peer: &Lease, connected: &[Ipv4Net]) ->
         .any(|n| n.contains(&ip))
         .then_some(RouteSpec {
             dst: peer.subnet,
-            gateway: ip,
+            gateway: Some(ip),
             oif: ext.index,
             onlink: false,
             metric: 0,

@@ -8,14 +8,15 @@
 //!   restarts and reboots and peers' entries stay valid (flannel #1795);
 //! - MTU, MAC and learning are fixed in place on an existing device
 //!   (flannel #1775); only VNI/port/local/dev/GBP changes recreate it;
-//! - the device is re-verified every reconcile round (deleted -> recreated).
+//! - the device is re-verified by every full reconcile pass, which a
+//!   deleted or changed device triggers at once (deleted -> recreated).
 
 use super::{direct_route, own_ip_problem, Backend, BackendError, ExternalInterface, Prepared};
 use crate::config::VxlanConfig;
 use crate::kernel::link::{fmt_mac, parse_mac, LinkState, VxlanParams};
 use crate::kernel::{Kernel, KernelError};
 use crate::lease::Lease;
-use crate::reconcile::{Desired, FdbSpec, NeighSpec, RouteSpec, Scope};
+use crate::spec::{FdbSpec, NeighSpec, ObjectKind, PeerObjects, RouteSpec, Scope};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use netlink_packet_route::link::InfoKind;
@@ -170,13 +171,17 @@ fn incompatible(
 /// Creates the device, adopts a compatible one (fixing MTU, MAC and
 /// learning in place, so pods' traffic is undisturbed) or recreates an
 /// incompatible one. Returns the device as it stands (its `up` state is
-/// as read, so the caller needs no second lookup).
-async fn ensure_device(kernel: &Kernel, spec: &DeviceSpec) -> Result<LinkState, BackendError> {
+/// as read, so the caller needs no second lookup) and whether anything
+/// had to be created or changed.
+async fn ensure_device(
+    kernel: &Kernel,
+    spec: &DeviceSpec,
+) -> Result<(LinkState, bool), BackendError> {
     if let Some(link) = kernel.link_by_name(&spec.name).await? {
         match incompatible(link.kind.as_ref(), link.vxlan.as_ref(), &spec.params) {
             None => {
-                fix_in_place(kernel, spec, &link).await?;
-                return Ok(link);
+                let fixed = fix_in_place(kernel, spec, &link).await?;
+                return Ok((link, fixed));
             }
             Some(reason) => {
                 tracing::warn!(device = %spec.name, %reason, "existing device is incompatible; recreating it");
@@ -190,7 +195,7 @@ async fn ensure_device(kernel: &Kernel, spec: &DeviceSpec) -> Result<LinkState, 
         .create_vxlan(&spec.name, &spec.params, spec.mtu, spec.mac)
         .await?;
     match kernel.link_by_name(&spec.name).await? {
-        Some(link) => Ok(link),
+        Some(link) => Ok((link, true)),
         // Someone deleted it in between; the next round creates it again.
         None => Err(BackendError::Kernel(KernelError::Unexpected {
             what: format!("link {}", spec.name),
@@ -203,22 +208,26 @@ async fn fix_in_place(
     kernel: &Kernel,
     spec: &DeviceSpec,
     link: &LinkState,
-) -> Result<(), BackendError> {
+) -> Result<bool, BackendError> {
+    let mut changed = false;
     if link.mtu != spec.mtu {
+        changed = true;
         tracing::info!(device = %spec.name, from = link.mtu, to = spec.mtu, "changing MTU in place");
         kernel.set_mtu(link.index, spec.mtu).await?;
     }
     if link.mac != Some(spec.mac) {
+        changed = true;
         tracing::info!(device = %spec.name, to = %fmt_mac(&spec.mac), "restoring the stable VTEP MAC");
         kernel.set_mac(link.index, spec.mac).await?;
     }
     if link.vxlan.as_ref().map(|v| v.learning) != Some(spec.params.learning) {
+        changed = true;
         tracing::info!(device = %spec.name, learning = spec.params.learning, "changing learning in place");
         kernel
             .set_vxlan_learning(link.index, spec.params.learning)
             .await?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[async_trait]
@@ -230,7 +239,7 @@ impl Backend for VxlanBackend {
     async fn prepare(&mut self, ext: &ExternalInterface) -> Result<Prepared, BackendError> {
         let spec = self.device_spec(ext)?;
         let kernel = Kernel::connect()?;
-        let index = ensure_device(&kernel, &spec).await?.index;
+        let index = ensure_device(&kernel, &spec).await?.0.index;
         self.ifindex.store(index, Ordering::SeqCst);
         let prepared = Prepared {
             backend_data: serde_json::json!({"VNI": spec.params.vni, "VtepMAC": fmt_mac(&spec.mac)}),
@@ -243,10 +252,10 @@ impl Backend for VxlanBackend {
     }
 
     async fn configure_own(&mut self, own: &Lease) -> Result<(), BackendError> {
-        self.ensure(own).await
+        self.ensure(own).await.map(|_| ())
     }
 
-    async fn ensure(&self, own: &Lease) -> Result<(), BackendError> {
+    async fn ensure(&self, own: &Lease) -> Result<Vec<ObjectKind>, BackendError> {
         let (Some(kernel), Some(spec)) = (&self.kernel, &self.spec) else {
             return Err(BackendError::NotPrepared);
         };
@@ -254,18 +263,32 @@ impl Backend for VxlanBackend {
         // Record what exists even when a later step fails, so the scope
         // (what may be pruned) follows the real device.
         self.ifindex
-            .store(link.as_ref().map_or(0, |l| l.index), Ordering::SeqCst);
-        let link = link?;
+            .store(link.as_ref().map_or(0, |(l, _)| l.index), Ordering::SeqCst);
+        let (link, mut changed) = link?;
         let index = link.index;
+        // No router advertisements on the VTEP: nothing legitimate sends
+        // them there, and an accepted one would add routes felt does not own.
+        if set_sysctl(&format!("net/ipv6/conf/{}/accept_ra", spec.name), "0")? {
+            changed = true;
+        }
+        let mut corrections = Vec::new();
+        if changed {
+            corrections.push(ObjectKind::Device);
+        }
         // The subnet's network address as a /32: a source address for
         // host-to-pod traffic towards peers, without a broadcast route.
         let addr = Ipv4Net::new(own.subnet.network(), 32)
             .map_err(|e| BackendError::Config(format!("own subnet {}: {e}", own.subnet)))?;
-        kernel.ensure_only_ipv4_addr(index, addr).await?;
+        if kernel.ensure_only_ipv4_addr(index, addr).await? {
+            corrections.push(ObjectKind::Address);
+        }
         if !link.up {
             kernel.set_up(index).await?;
+            if !changed {
+                corrections.push(ObjectKind::Device);
+            }
         }
-        Ok(())
+        Ok(corrections)
     }
 
     fn scope(&self) -> Scope {
@@ -273,119 +296,88 @@ impl Backend for VxlanBackend {
         Scope {
             ext_index: self.ext.as_ref().map_or(0, |ext| ext.index),
             device: (index != 0).then_some(index),
-            ext_gateway_routes: self.cfg.direct_routing,
+            // Also without DirectRouting: a node that had it on before
+            // leaves direct routes that no lease wants any more.
+            ext_gateway_routes: true,
         }
     }
 
-    fn desired(&self, _own: &Lease, peers: &[&Lease], connected: &[Ipv4Net]) -> Desired {
-        let mut desired = Desired::default();
-        let Some(ext) = self.ext.as_ref() else {
-            desired.problems.push("vxlan backend not prepared".into());
-            return desired;
-        };
-        let underlay = Underlay {
-            ext,
-            dev: self.ifindex.load(Ordering::SeqCst),
-            connected,
-        };
-        for peer in peers {
-            self.add_peer(&mut desired, peer, &underlay);
+    fn peer_objects(&self, peer: &Lease, connected: &[Ipv4Net]) -> Result<PeerObjects, String> {
+        let ext = self.ext.as_ref().ok_or("vxlan backend not prepared")?;
+        own_ip_problem(ext, peer)?;
+        if self.cfg.direct_routing {
+            if let Some(route) = direct_route(ext, peer, connected) {
+                return Ok(PeerObjects {
+                    routes: vec![route],
+                    ..PeerObjects::default()
+                });
+            }
         }
-        desired
+        let mac = self.peer_vtep_mac(peer)?;
+        let dev = self.ifindex.load(Ordering::SeqCst);
+        if dev == 0 {
+            return Err(format!("device {} is missing", self.device_name()));
+        }
+        let gateway = peer.subnet.network();
+        Ok(PeerObjects {
+            neighbours: vec![NeighSpec {
+                ifindex: dev,
+                ip: gateway,
+                mac,
+            }],
+            fdb: vec![FdbSpec {
+                ifindex: dev,
+                mac,
+                dst: peer.attrs.public_ip,
+            }],
+            routes: vec![RouteSpec {
+                dst: peer.subnet,
+                gateway: Some(gateway),
+                oif: dev,
+                onlink: true,
+                metric: 0,
+            }],
+        })
     }
-}
-
-/// What `add_peer` needs to know about this node, besides the config.
-struct Underlay<'a> {
-    ext: &'a ExternalInterface,
-    /// The VTEP's ifindex, 0 while it does not exist.
-    dev: u32,
-    /// The networks directly connected on the external interface.
-    connected: &'a [Ipv4Net],
 }
 
 impl VxlanBackend {
-    /// The objects one peer needs, or a problem saying why it gets none.
-    fn add_peer(&self, d: &mut Desired, peer: &Lease, at: &Underlay) {
-        let subnet = peer.subnet;
-        let public_ip = peer.attrs.public_ip;
-        if let Some(problem) = own_ip_problem(at.ext, peer) {
-            d.problems.push(problem);
-            return;
-        }
-        if self.cfg.direct_routing {
-            if let Some(route) = direct_route(at.ext, peer, at.connected) {
-                d.routes.insert(route);
-                return;
-            }
-        }
-        let Some(mac) = self.peer_vtep_mac(peer, &mut d.problems) else {
-            return;
-        };
-        if at.dev == 0 {
-            d.problems.push(format!(
-                "peer {subnet}: device {} is missing",
-                self.device_name()
-            ));
-            return;
-        }
-        // One MAC can have one remote: two would make every round's
-        // replace overwrite the other (a flap), so the later one loses.
-        if let Some(f) = d.fdb.iter().find(|f| f.mac == mac && f.dst != public_ip) {
-            d.problems.push(format!(
-                "peer {subnet} ({public_ip}): VtepMAC {} is already used by {}; ignored",
-                fmt_mac(&mac),
-                f.dst
-            ));
-            return;
-        }
-        let (dev, gateway) = (at.dev, subnet.network());
-        d.neighbours.insert(NeighSpec {
-            ifindex: dev,
-            ip: gateway,
-            mac,
-        });
-        d.fdb.insert(FdbSpec {
-            ifindex: dev,
-            mac,
-            dst: public_ip,
-        });
-        d.routes.insert(RouteSpec {
-            dst: subnet,
-            gateway,
-            oif: dev,
-            onlink: true,
-            metric: 0,
-        });
-    }
-
-    /// The peer's VTEP MAC from its BackendData; `None` (with a problem)
-    /// when missing or malformed. A VNI other than ours is reported but
-    /// still routed, as flannel (which never checks it) would.
-    fn peer_vtep_mac(&self, peer: &Lease, problems: &mut Vec<String>) -> Option<[u8; 6]> {
-        let (subnet, public_ip) = (peer.subnet, peer.attrs.public_ip);
+    /// The peer's VTEP MAC from its BackendData. It must be a unicast MAC:
+    /// a multicast or zero one would flood or blackhole. A VNI other than
+    /// ours is logged but still routed, as flannel (which never checks
+    /// it) would.
+    fn peer_vtep_mac(&self, peer: &Lease) -> Result<[u8; 6], String> {
         let data = &peer.attrs.backend_data;
-        let Some(mac) = data
+        let mac = data
             .get("VtepMAC")
             .and_then(|v| v.as_str())
             .and_then(parse_mac)
-        else {
-            problems.push(format!(
-                "peer {subnet} ({public_ip}): BackendData has no valid VtepMAC: {data}"
-            ));
-            return None;
-        };
+            .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+            .ok_or_else(|| format!("BackendData has no valid unicast VtepMAC: {data}"))?;
         if let Some(vni) = data.get("VNI").and_then(|v| v.as_u64()) {
             if vni != u64::from(self.cfg.vni) {
-                problems.push(format!(
-                    "peer {subnet} ({public_ip}) uses VNI {vni}, this node {}; its traffic will be dropped",
-                    self.cfg.vni
-                ));
+                tracing::warn!(peer = %peer.subnet, vni, ours = self.cfg.vni,
+                    "peer uses another VNI; its traffic will be dropped");
             }
         }
-        Some(mac)
+        Ok(mac)
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+/// Writes a sysctl under /proc/sys (of this process's network namespace)
+/// if it differs; `Ok(false)` when it already held `value` or does not
+/// exist (IPv6 disabled).
+fn set_sysctl(path: &str, value: &str) -> Result<bool, BackendError> {
+    let full = format!("/proc/sys/{path}");
+    match std::fs::read_to_string(&full) {
+        Ok(cur) if cur.trim() == value => Ok(false),
+        Ok(_) => std::fs::write(&full, value)
+            .map(|_| true)
+            .map_err(|e| BackendError::Config(format!("cannot write {full}: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(BackendError::Config(format!("cannot read {full}: {e}"))),
+    }
+}

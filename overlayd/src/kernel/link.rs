@@ -148,18 +148,39 @@ impl Kernel {
             .collect())
     }
 
+    /// Every IPv4 network this namespace is connected to, on any link, as
+    /// (ifindex, prefix); loopback's 127.0.0.0/8 included.
+    pub async fn all_connected_networks(&self) -> Result<Vec<(u32, Ipv4Net)>, KernelError> {
+        let all: Vec<AddressMessage> = self
+            .handle()
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| KernelError::netlink("list addresses", e))?;
+        Ok(all
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet)
+            .filter_map(|m| addr_of(m).map(|a| (m.header.index, a.trunc())))
+            .collect())
+    }
+
     /// Makes `want` the only IPv4 address on the link: a stale address
     /// (e.g. of a previous subnet) would answer for a peer's range.
+    /// Returns whether anything had to change.
     pub async fn ensure_only_ipv4_addr(
         &self,
         index: u32,
         want: Ipv4Net,
-    ) -> Result<(), KernelError> {
+    ) -> Result<bool, KernelError> {
         let mut present = false;
+        let mut changed = false;
         for msg in self.ipv4_addr_messages(index).await? {
             match addr_of(&msg) {
                 Some(have) if have == want => present = true,
                 Some(have) => {
+                    changed = true;
                     tracing::info!(link = index, addr = %have, "removing stale address");
                     self.handle()
                         .address()
@@ -177,7 +198,7 @@ impl Kernel {
             }
         }
         if present {
-            return Ok(());
+            return Ok(changed);
         }
         tracing::info!(link = index, addr = %want, "adding address");
         let add = self
@@ -185,8 +206,8 @@ impl Kernel {
             .address()
             .add(index, IpAddr::V4(want.addr()), want.prefix_len());
         match add.execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(changed),
             Err(e) => Err(KernelError::netlink(
                 format!("add address {want} to link #{index}"),
                 e,
@@ -298,13 +319,7 @@ fn parse_vxlan(attrs: &[InfoVxlan]) -> VxlanParams {
     p
 }
 
-/// `aa:bb:cc:dd:ee:ff`, as Go's net.HardwareAddr prints it.
-pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use crate::spec::fmt_mac;
 
 /// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -16,6 +16,9 @@ pub enum KernelError {
     /// The object does not exist (ENOENT, ENODEV, ESRCH).
     #[error("{what}: not found")]
     NotFound { what: String },
+    /// An exclusive create met an existing object (EEXIST).
+    #[error("{what}: something else is already there")]
+    Exists { what: String },
     #[error("{what}: {source}")]
     Netlink {
         what: String,
@@ -33,6 +36,7 @@ impl KernelError {
         let what = what.into();
         match errno(&source) {
             Some(libc::ENOENT | libc::ENODEV | libc::ESRCH) => KernelError::NotFound { what },
+            Some(libc::EEXIST) => KernelError::Exists { what },
             _ => KernelError::Netlink { what, source },
         }
     }

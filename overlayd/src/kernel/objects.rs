@@ -1,11 +1,12 @@
 //! Peer objects felt owns: routes, ARP neighbours and VXLAN FDB entries.
 //! `dump_owned` reads back only what the backend's [`Scope`] says is
-//! felt's; `apply` performs one planned operation.
+//! felt's (streaming the dumps: at 65,000 peers they are ~200,000
+//! messages); `apply_all` performs a planned batch of operations with many
+//! requests in flight, phase by phase.
 
 use super::{Kernel, KernelError};
-use crate::reconcile::plan::Op;
-use crate::reconcile::{Actual, FdbSpec, NeighSpec, RouteSpec, Scope};
-use futures::TryStreamExt;
+use crate::spec::{Actual, FdbSpec, NeighSpec, Op, RouteSpec, Scope};
+use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -18,6 +19,10 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr};
 
+/// Requests in flight at once: enough to hide the per-request round trip,
+/// few enough that the acknowledgements never overrun the socket buffer.
+const IN_FLIGHT: usize = 64;
+
 /// What the dump needs besides the scope.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -28,45 +33,90 @@ pub struct Bounds {
 }
 
 impl Kernel {
-    /// Every felt-owned route, neighbour and FDB entry that exists now.
+    /// Every felt-owned route, neighbour and FDB entry that exists now,
+    /// and the slots of routes inside the network that felt does not own.
     pub async fn dump_owned(&self, scope: &Scope, bounds: Bounds) -> Result<Actual, KernelError> {
         let mut actual = Actual::default();
         let req = self
             .handle()
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
-        let routes: Vec<RouteMessage> = req
-            .execute()
-            .try_collect()
+        let mut routes = req.execute();
+        while let Some(m) = routes
+            .try_next()
             .await
-            .map_err(|e| KernelError::netlink("dump IPv4 routes", e))?;
-        actual.routes = routes
-            .iter()
-            .filter_map(|m| owned_route(m, scope, bounds))
-            .collect();
-        if let Some(dev) = scope.device {
-            for msg in self.dump_neigh(AddressFamily::Inet).await? {
-                actual.neighbours.extend(owned_neigh(&msg, dev));
+            .map_err(|e| KernelError::netlink("dump IPv4 routes", e))?
+        {
+            match owned_route(&m, scope, bounds) {
+                Some(r) => {
+                    actual.routes.insert(r);
+                }
+                None => {
+                    if let Some((slot, what)) = foreign_slot(&m, bounds) {
+                        actual.foreign.insert(slot, what);
+                    }
+                }
             }
-            for msg in self.dump_neigh(AddressFamily::Bridge).await? {
-                actual.fdb.extend(owned_fdb(&msg, dev));
+        }
+        if let Some(dev) = scope.device {
+            let mut neigh = self.neigh_dump(AddressFamily::Inet);
+            while let Some(m) = neigh
+                .try_next()
+                .await
+                .map_err(|e| KernelError::netlink("dump neighbours", e))?
+            {
+                actual.neighbours.extend(owned_neigh(&m, dev));
+            }
+            let mut fdb = self.neigh_dump(AddressFamily::Bridge);
+            while let Some(m) = fdb
+                .try_next()
+                .await
+                .map_err(|e| KernelError::netlink("dump FDB", e))?
+            {
+                actual.fdb.extend(owned_fdb(&m, dev));
             }
         }
         Ok(actual)
     }
 
-    async fn dump_neigh(
+    fn neigh_dump(
         &self,
         family: AddressFamily,
-    ) -> Result<Vec<NeighbourMessage>, KernelError> {
+    ) -> impl futures::Stream<Item = Result<NeighbourMessage, rtnetlink::Error>> {
         self.handle()
             .neighbours()
             .get()
             .set_address_family(family)
             .execute()
-            .try_collect()
-            .await
-            .map_err(|e| KernelError::netlink(format!("dump {family:?} neighbours"), e))
+    }
+
+    /// Applies a plan in its order, phase by phase (all route deletes, then
+    /// neighbour deletes, neighbour sets, FDB deletes, FDB sets, routes
+    /// last), each phase's requests in flight together. Returns every
+    /// operation with its outcome, in no particular order within a phase.
+    pub async fn apply_all(&self, ops: Vec<Op>) -> Vec<(Op, Result<(), KernelError>)> {
+        let mut out = Vec::with_capacity(ops.len());
+        let mut phase: Vec<Op> = Vec::new();
+        for op in ops {
+            if phase.last().is_some_and(|p| phase_of(p) != phase_of(&op)) {
+                self.run_phase(std::mem::take(&mut phase), &mut out).await;
+            }
+            phase.push(op);
+        }
+        self.run_phase(phase, &mut out).await;
+        out
+    }
+
+    async fn run_phase(&self, ops: Vec<Op>, out: &mut Vec<(Op, Result<(), KernelError>)>) {
+        let done: Vec<_> = futures::stream::iter(ops)
+            .map(|op| async move {
+                let r = self.apply(&op).await;
+                (op, r)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        out.extend(done);
     }
 
     /// Performs one operation. Deleting what is already gone succeeds.
@@ -74,79 +124,81 @@ impl Kernel {
         let result = match op {
             Op::SetRoute(r) => {
                 let req = self.handle().route().add(route_message(r, false)).replace();
-                req.execute()
+                req.execute().await
+            }
+            // rtnetlink's add is NLM_F_CREATE|NLM_F_EXCL: never overwrites.
+            Op::AddRoute(r) => {
+                self.handle()
+                    .route()
+                    .add(route_message(r, false))
+                    .execute()
                     .await
-                    .map_err(|e| KernelError::netlink(describe(op), e))
             }
             Op::DelRoute(r) => {
-                let req = self.handle().route().del(route_message(r, true));
-                req.execute()
+                self.handle()
+                    .route()
+                    .del(route_message(r, true))
+                    .execute()
                     .await
-                    .map_err(|e| KernelError::netlink(describe(op), e))
             }
             Op::SetNeigh(n) => {
                 let req = self.handle().neighbours().add(n.ifindex, IpAddr::V4(n.ip));
-                let req = req
-                    .link_layer_address(&n.mac)
+                req.link_layer_address(&n.mac)
                     .state(NeighbourState::Permanent)
-                    .kind(RouteType::Unicast)
-                    .replace();
-                req.execute()
+                    .replace()
+                    .execute()
                     .await
-                    .map_err(|e| KernelError::netlink(describe(op), e))
             }
             Op::SetFdb(f) => {
                 let req = self.handle().neighbours().add_bridge(f.ifindex, &f.mac);
-                let req = req
-                    .destination(IpAddr::V4(f.dst))
+                req.destination(IpAddr::V4(f.dst))
                     .flags(NeighbourFlags::Own)
                     .state(NeighbourState::Permanent)
-                    .replace();
-                req.execute()
+                    .replace()
+                    .execute()
                     .await
-                    .map_err(|e| KernelError::netlink(describe(op), e))
             }
-            Op::DelNeigh(n) => self.del_neigh(neigh_message(n), op).await,
-            Op::DelFdb(f) => self.del_neigh(fdb_message(f), op).await,
+            Op::DelNeigh(n) => {
+                self.handle()
+                    .neighbours()
+                    .del(neigh_message(n))
+                    .execute()
+                    .await
+            }
+            Op::DelFdb(f) => {
+                self.handle()
+                    .neighbours()
+                    .del(fdb_message(f))
+                    .execute()
+                    .await
+            }
         };
-        match result {
-            Err(e) if e.is_not_found() && is_delete(op) => Ok(()),
+        match result.map_err(|e| KernelError::netlink(describe(op), e)) {
+            Err(e) if e.is_not_found() && op.is_delete() => Ok(()),
             other => other,
         }
     }
-
-    async fn del_neigh(&self, msg: NeighbourMessage, op: &Op) -> Result<(), KernelError> {
-        self.handle()
-            .neighbours()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(|e| KernelError::netlink(describe(op), e))
-    }
 }
 
-fn is_delete(op: &Op) -> bool {
-    matches!(op, Op::DelRoute(_) | Op::DelNeigh(_) | Op::DelFdb(_))
+/// Operations of one phase may run in any order among themselves.
+fn phase_of(op: &Op) -> u8 {
+    match op {
+        Op::DelRoute(_) => 0,
+        Op::DelNeigh(_) => 1,
+        Op::SetNeigh(_) => 2,
+        Op::DelFdb(_) => 3,
+        Op::SetFdb(_) => 4,
+        Op::AddRoute(_) | Op::SetRoute(_) => 5,
+    }
 }
 
 /// A short human description of an operation, for logs and errors.
 pub fn describe(op: &Op) -> String {
-    use crate::kernel::link::fmt_mac;
+    use crate::spec::fmt_mac;
     match op {
-        Op::SetRoute(r) => format!(
-            "set route {} via {} dev #{}{}",
-            r.dst,
-            r.gateway,
-            r.oif,
-            onlink(r)
-        ),
-        Op::DelRoute(r) => format!(
-            "delete route {} via {} dev #{}{}",
-            r.dst,
-            r.gateway,
-            r.oif,
-            onlink(r)
-        ),
+        Op::SetRoute(r) => format!("set route {}", route_text(r)),
+        Op::AddRoute(r) => format!("add route {}", route_text(r)),
+        Op::DelRoute(r) => format!("delete route {}", route_text(r)),
         Op::SetNeigh(n) => format!(
             "set neighbour {} lladdr {} dev #{}",
             n.ip,
@@ -174,19 +226,28 @@ pub fn describe(op: &Op) -> String {
     }
 }
 
-fn onlink(r: &RouteSpec) -> &'static str {
-    if r.onlink {
-        " onlink"
+/// `10.244.2.0/24 via 10.244.2.0 dev #3 onlink`, as ip(8) would say it.
+pub fn route_text(r: &RouteSpec) -> String {
+    let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+    let onlink = if r.onlink { " onlink" } else { "" };
+    let metric = if r.metric != 0 {
+        format!(" metric {}", r.metric)
     } else {
-        ""
-    }
+        String::new()
+    };
+    format!("{}{via} dev #{}{onlink}{metric}", r.dst, r.oif)
 }
 
 fn route_message(r: &RouteSpec, for_delete: bool) -> RouteMessage {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix_len())
-        .gateway(r.gateway)
         .output_interface(r.oif);
+    match r.gateway {
+        Some(gw) => b = b.gateway(gw),
+        // A device route (udp: the network to the TUN) is scope link.
+        None if !for_delete => b = b.scope(RouteScope::Link),
+        None => {}
+    }
     if r.onlink {
         b = b.onlink();
     }
@@ -230,20 +291,25 @@ fn fdb_message(f: &FdbSpec) -> NeighbourMessage {
     msg
 }
 
-/// The route as a [`RouteSpec`] if felt owns it: main table, unicast,
-/// a single next hop, destination inside the network but not in our own
-/// subnet, out through the backend's device or (when in scope) through a
-/// gateway on the external interface.
-pub fn owned_route(msg: &RouteMessage, scope: &Scope, bounds: Bounds) -> Option<RouteSpec> {
+/// The fields of an IPv4 route message felt looks at.
+struct RouteView {
+    dst: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+    oif: Option<u32>,
+    metric: u32,
+    main_table: bool,
+    unicast: bool,
+    multipath: bool,
+}
+
+fn view(msg: &RouteMessage) -> Option<RouteView> {
     let h = &msg.header;
-    if h.address_family != AddressFamily::Inet || h.kind != RouteType::Unicast {
+    if h.address_family != AddressFamily::Inet {
         return None;
     }
-    let mut dst = None;
-    let mut gateway = None;
-    let mut oif = None;
-    let mut metric = 0;
+    let (mut dst, mut gateway, mut oif, mut metric) = (None, None, None, 0);
     let mut table = u32::from(h.table);
+    let mut multipath = false;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
@@ -251,30 +317,65 @@ pub fn owned_route(msg: &RouteMessage, scope: &Scope, bounds: Bounds) -> Option<
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::MultiPath(_) => return None,
+            RouteAttribute::MultiPath(_) => multipath = true,
             _ => {}
         }
     }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+    let dst = dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    Some(RouteView {
+        dst: Ipv4Net::new(dst, h.destination_prefix_length).ok()?,
+        gateway,
+        oif,
+        metric,
+        main_table: table == u32::from(RouteHeader::RT_TABLE_MAIN),
+        unicast: h.kind == RouteType::Unicast,
+        multipath,
+    })
+}
+
+/// The route as a [`RouteSpec`] if felt owns it: main table, unicast,
+/// a single next hop, destination inside the network but not in our own
+/// subnet, out through the backend's device or (when in scope) through a
+/// gateway on the external interface.
+pub fn owned_route(msg: &RouteMessage, scope: &Scope, bounds: Bounds) -> Option<RouteSpec> {
+    let v = view(msg)?;
+    if !v.main_table || !v.unicast || v.multipath {
         return None;
     }
-    let dst = Ipv4Net::new(dst?, h.destination_prefix_length).ok()?;
-    if !bounds.network.contains(&dst) || bounds.own.contains(&dst) {
+    if !bounds.network.contains(&v.dst) || bounds.own.contains(&v.dst) {
         return None;
     }
-    let oif = oif?;
-    let via_device = scope.device == Some(oif) && gateway.is_some();
-    let via_ext = scope.ext_gateway_routes && oif == scope.ext_index && gateway.is_some();
+    let oif = v.oif?;
+    let via_device = scope.device == Some(oif);
+    let via_ext = scope.ext_gateway_routes && oif == scope.ext_index && v.gateway.is_some();
     if !(via_device || via_ext) {
         return None;
     }
     Some(RouteSpec {
-        dst,
-        gateway: gateway?,
+        dst: v.dst,
+        gateway: v.gateway,
         oif,
-        onlink: h.flags.contains(RouteFlags::Onlink),
-        metric,
+        onlink: msg.header.flags.contains(RouteFlags::Onlink),
+        metric: v.metric,
     })
+}
+
+/// A main-table route felt does not own whose destination overlaps the
+/// network: its slot and a description. Any type counts (a blackhole or
+/// an admin's static route is as much someone else's as a connected one).
+pub fn foreign_slot(msg: &RouteMessage, bounds: Bounds) -> Option<((Ipv4Net, u32), String)> {
+    let v = view(msg)?;
+    let overlaps = bounds.network.contains(&v.dst) || v.dst.contains(&bounds.network.network());
+    if !v.main_table || !overlaps {
+        return None;
+    }
+    let via = v.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+    let dev = v.oif.map(|i| format!(" dev #{i}")).unwrap_or_default();
+    let what = format!(
+        "{:?} route {}{via}{dev} proto {:?}",
+        msg.header.kind, v.dst, msg.header.protocol
+    );
+    Some(((v.dst, v.metric), what))
 }
 
 /// NUD_PERMANENT as a bit: iproute2's `bridge fdb add ... permanent`

@@ -71,11 +71,14 @@ pub enum Plan {
     },
 }
 
-/// Decides from `leases` (everything under `<prefix>/subnets`). `pick`
-/// chooses an index below its argument (random in production).
+/// Decides from `leases` (everything under `<prefix>/subnets`) and
+/// `malformed`, the subnets of keys whose value is not a lease (still
+/// taken: the key exists). `pick` chooses an index below its argument
+/// (random in production).
 pub fn plan(
     pool: &Pool,
     leases: &[Lease],
+    malformed: &[Ipv4Net],
     public_ip: Ipv4Addr,
     previous: Option<Ipv4Net>,
     pick: impl FnOnce(usize) -> usize,
@@ -84,7 +87,7 @@ pub fn plan(
     let mut stale = None;
     let mut found: Option<&Lease> = None;
     for l in ours {
-        let reservation = l.expiration.is_none();
+        let reservation = l.term.is_reservation();
         // An operator's reservation only has to lie in the network;
         // SubnetMin/Max bound what felt picks by itself.
         let usable = if reservation {
@@ -102,10 +105,9 @@ pub fn plan(
     if let Some(l) = found {
         return Ok(Plan::Reuse(l.clone()));
     }
+    let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
     let taken = |sn: Ipv4Net| {
-        leases
-            .iter()
-            .any(|l| l.subnet.contains(&sn.network()) || sn.contains(&l.subnet.network()))
+        leases.iter().any(|l| overlaps(l.subnet, sn)) || malformed.iter().any(|m| overlaps(*m, sn))
     };
     if let Some(prev) = previous.map(|p| p.trunc()) {
         if pool.fits(prev) && !taken(prev) && Some(prev) != stale {
@@ -143,7 +145,7 @@ fn free_subnets(pool: &Pool, taken: impl Fn(Ipv4Net) -> bool, limit: usize) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::lease::{LeaseAttrs, Term};
     use std::time::{Duration, SystemTime};
 
     fn pool(net: &str, len: u8) -> Pool {
@@ -163,7 +165,11 @@ mod tests {
                 backend_data: serde_json::Value::Null,
                 backend_v6_data: None,
             },
-            expiration: (!reservation).then(|| SystemTime::now() + Duration::from_secs(3600)),
+            term: if reservation {
+                Term::Reservation
+            } else {
+                Term::Expiring(Some(SystemTime::now() + Duration::from_secs(3600)))
+            },
         }
     }
 
@@ -181,7 +187,7 @@ mod tests {
             lease("10.0.7.0/24", ME, false),
         ];
         assert_eq!(
-            plan(&p, &ls, ME.into(), Some(net("10.0.9.0/24")), |_| 0).unwrap(),
+            plan(&p, &ls, &[], ME.into(), Some(net("10.0.9.0/24")), |_| 0).unwrap(),
             Plan::Reuse(ls[1].clone())
         );
     }
@@ -196,7 +202,7 @@ mod tests {
             lease("10.0.3.0/24", ME, true),
         ];
         assert_eq!(
-            plan(&p, &ls, ME.into(), None, |_| 0).unwrap(),
+            plan(&p, &ls, &[], ME.into(), None, |_| 0).unwrap(),
             Plan::Reuse(ls[1].clone())
         );
     }
@@ -209,7 +215,7 @@ mod tests {
             lease("10.0.0.8/30", [1, 1, 1, 2], false),
         ];
         assert_eq!(
-            plan(&p, &ls, ME.into(), Some(net("10.0.0.4/30")), |n| n - 1).unwrap(),
+            plan(&p, &ls, &[], ME.into(), Some(net("10.0.0.4/30")), |n| n - 1).unwrap(),
             Plan::Create {
                 subnet: net("10.0.0.12/30"),
                 stale: None
@@ -222,7 +228,7 @@ mod tests {
         let p = pool("10.0.0.0/16", 24);
         let prev = Some(net("10.0.42.1/24")); // subnet.env form: host address
         assert_eq!(
-            plan(&p, &[], ME.into(), prev, |_| 0).unwrap(),
+            plan(&p, &[], &[], ME.into(), prev, |_| 0).unwrap(),
             Plan::Create {
                 subnet: net("10.0.42.0/24"),
                 stale: None
@@ -231,7 +237,7 @@ mod tests {
         // Taken by someone else: a fresh pick instead.
         let ls = [lease("10.0.42.0/24", [1, 1, 1, 1], false)];
         assert_eq!(
-            plan(&p, &ls, ME.into(), prev, |_| 0).unwrap(),
+            plan(&p, &ls, &[], ME.into(), prev, |_| 0).unwrap(),
             Plan::Create {
                 subnet: net("10.0.1.0/24"),
                 stale: None
@@ -240,7 +246,7 @@ mod tests {
         // Outside the network, wrong length, or the reserved first subnet: ignored.
         for bad in ["10.1.42.0/24", "10.0.42.0/25", "10.0.0.0/24"] {
             assert_eq!(
-                plan(&p, &[], ME.into(), Some(net(bad)), |_| 0).unwrap(),
+                plan(&p, &[], &[], ME.into(), Some(net(bad)), |_| 0).unwrap(),
                 Plan::Create {
                     subnet: net("10.0.1.0/24"),
                     stale: None
@@ -258,7 +264,7 @@ mod tests {
             lease("10.9.0.0/24", ME, true),
         ];
         assert_eq!(
-            plan(&p, &ls, ME.into(), None, |_| 0).unwrap(),
+            plan(&p, &ls, &[], ME.into(), None, |_| 0).unwrap(),
             Plan::Create {
                 subnet: net("10.0.1.0/24"),
                 stale: Some(net("10.0.3.0/25"))
@@ -274,7 +280,7 @@ mod tests {
             lease("10.0.0.0/16", [1, 1, 1, 2], true),
         ];
         let mut seen = 0;
-        let got = plan(&p, &ls, ME.into(), None, |n| {
+        let got = plan(&p, &ls, &[], ME.into(), None, |n| {
             seen = n;
             n - 1
         })
@@ -298,7 +304,7 @@ mod tests {
             lease("10.0.0.8/30", [1, 1, 1, 2], false),
             lease("10.0.0.12/30", [1, 1, 1, 3], true),
         ];
-        let err = plan(&p, &ls, ME.into(), None, |_| 0).unwrap_err();
+        let err = plan(&p, &ls, &[], ME.into(), None, |_| 0).unwrap_err();
         assert!(matches!(err, LeaseError::NetworkFull { .. }), "{err}");
         assert!(
             err.to_string()
@@ -310,7 +316,7 @@ mod tests {
     #[test]
     fn range_ends_at_top_of_address_space() {
         let p = pool("255.255.255.0/24", 26);
-        let got = plan(&p, &[], ME.into(), None, |n| n - 1).unwrap();
+        let got = plan(&p, &[], &[], ME.into(), None, |n| n - 1).unwrap();
         assert_eq!(
             got,
             Plan::Create {

@@ -30,19 +30,160 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<serde_json::Value>,
 }
 
+/// How long a lease lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Term {
+    /// A key without an etcd lease: an operator's reservation. It never
+    /// expires and is never handed to anyone else.
+    Reservation,
+    /// Bound to an etcd lease (or, in Kubernetes mode, to the Node). The
+    /// expiry is known for our own lease (from the grant); for peers read
+    /// from a listing it is not asked for: etcd deletes a key when its
+    /// lease runs out, so a listed key is live. (Asking would cost one
+    /// request per peer, flannel's reason for stalling at scale.)
+    Expiring(Option<SystemTime>),
+}
+
+impl Term {
+    pub fn is_reservation(self) -> bool {
+        self == Term::Reservation
+    }
+
+    /// The expiry time, when known.
+    pub fn expires(self) -> Option<SystemTime> {
+        match self {
+            Term::Expiring(t) => t,
+            Term::Reservation => None,
+        }
+    }
+}
+
 /// One node's subnet lease.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub subnet: Ipv4Net,
     pub ipv6_subnet: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
-    /// `None` for a reservation (an etcd key without TTL): never expires,
-    /// never handed to anyone else.
-    pub expiration: Option<SystemTime>,
+    pub term: Term,
 }
 
-/// Every lease in the network, ours included, keyed by IPv4 subnet.
-pub type LeaseSnapshot = BTreeMap<Ipv4Net, Lease>;
+/// Every lease in the network, ours included, keyed by IPv4 subnet; what a
+/// store publishes. Leases are shared (`Arc`) between consecutive
+/// snapshots, so a consumer finds what changed by pointer comparison
+/// instead of comparing every lease field by field.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseSnapshot {
+    leases: BTreeMap<Ipv4Net, Arc<Lease>>,
+    /// Keys the store holds that are not valid leases (a value that is not
+    /// flannel's lease JSON), with the reason: they are skipped, and say so.
+    pub malformed: BTreeMap<String, String>,
+    /// Bumped each time the store had to list everything afresh (start, a
+    /// lost or compacted watch): a consumer that keeps its own state runs
+    /// a full pass then.
+    pub listing: u64,
+}
+
+impl LeaseSnapshot {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, lease: Lease) {
+        self.leases.insert(lease.subnet, Arc::new(lease));
+    }
+
+    /// Keeps `lease` (shared) unless an equal one is already there, so an
+    /// unchanged re-put does not look like a change to consumers.
+    pub fn upsert(&mut self, lease: Lease) {
+        match self.leases.get(&lease.subnet) {
+            Some(cur) if **cur == lease => {}
+            _ => self.insert(lease),
+        }
+    }
+
+    pub fn remove(&mut self, subnet: &Ipv4Net) -> Option<Arc<Lease>> {
+        self.leases.remove(subnet)
+    }
+
+    pub fn get(&self, subnet: &Ipv4Net) -> Option<&Lease> {
+        self.leases.get(subnet).map(|l| l.as_ref())
+    }
+
+    pub fn contains_key(&self, subnet: &Ipv4Net) -> bool {
+        self.leases.contains_key(subnet)
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Ipv4Net> {
+        self.leases.keys()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values().map(|l| l.as_ref())
+    }
+
+    pub fn shared(&self) -> &BTreeMap<Ipv4Net, Arc<Lease>> {
+        &self.leases
+    }
+
+    /// Subnets whose lease differs between `self` (older) and `newer`:
+    /// added, removed or changed, in subnet order.
+    pub fn changed_since(&self, newer: &LeaseSnapshot) -> Vec<Ipv4Net> {
+        use std::cmp::Ordering;
+        let (mut a, mut b) = (
+            self.leases.iter().peekable(),
+            newer.leases.iter().peekable(),
+        );
+        let mut out = Vec::new();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => return out,
+                (Some((k, _)), None) => {
+                    out.push(**k);
+                    a.next();
+                }
+                (None, Some((k, _))) => {
+                    out.push(**k);
+                    b.next();
+                }
+                (Some((ka, la)), Some((kb, lb))) => match ka.cmp(kb) {
+                    Ordering::Less => {
+                        out.push(**ka);
+                        a.next();
+                    }
+                    Ordering::Greater => {
+                        out.push(**kb);
+                        b.next();
+                    }
+                    Ordering::Equal => {
+                        if !Arc::ptr_eq(la, lb) && la != lb {
+                            out.push(**ka);
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl FromIterator<Lease> for LeaseSnapshot {
+    fn from_iter<I: IntoIterator<Item = Lease>>(iter: I) -> Self {
+        let mut s = LeaseSnapshot::new();
+        for l in iter {
+            s.insert(l);
+        }
+        s
+    }
+}
 
 /// A reservation-style lease (no expiry, no BackendData) for unit tests.
 #[cfg(test)]
@@ -57,7 +198,7 @@ pub(crate) fn test_lease(subnet: &str, public_ip: &str, backend_type: &str) -> L
             backend_data: serde_json::Value::Null,
             backend_v6_data: None,
         },
-        expiration: None,
+        term: Term::Reservation,
     }
 }
 

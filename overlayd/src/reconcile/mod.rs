@@ -1,46 +1,42 @@
 //! Level-triggered reconciliation: desired state from the leases, actual
 //! state read back from the kernel, converge (add missing, remove what no
-//! lease wants, fix what differs). Every trigger (lease snapshot change,
-//! periodic resync, netlink notification) recomputes from full state.
+//! lease wants, fix what differs).
 //!
-//! CONTRACT used by main.rs (do not change without updating main.rs):
+//! Two kinds of pass:
+//! - **full**: re-verify the device, read back every object felt owns and
+//!   plan against the whole desired state. Runs at start, every
+//!   `resync`, after the store re-listed (a lost watch), when the kernel
+//!   reports drift, and to retry failed operations. Nothing can be lost:
+//!   it recomputes from scratch.
+//! - **incremental**: for a new lease snapshot, only the peers whose lease
+//!   changed are re-evaluated and only their objects written, so the cost
+//!   of one change does not grow with the cluster.
 //!
-//! ```ignore
-//! pub async fn run(
-//!     backend: std::sync::Arc<dyn crate::backend::Backend>,
-//!     own: crate::lease::Lease,
-//!     network: ipnet::Ipv4Net,
-//!     leases: tokio::sync::watch::Receiver<std::sync::Arc<crate::lease::LeaseSnapshot>>,
-//!     resync: std::time::Duration,
-//! ) -> Result<(), ReconcileError>
-//! ```
-//! It runs until `leases` is closed. `own` is filtered out of the
-//! snapshot; expired leases are ignored. Only snapshots *sent* on the
-//! channel by the store may delete anything: the channel's initial value
-//! (a seed, empty or our own lease alone) and any snapshot lacking `own`
-//! add and fix but never prune, so a restart never tears down peers that
-//! the store simply has not listed yet.
-//!
-//! Triggers: every new snapshot, every `resync`, and rtnetlink change
-//! notifications about the backend's objects (debounced).
+//! Only snapshots *sent* by the store may delete anything: the channel's
+//! initial value (a seed holding our own lease) and any snapshot lacking
+//! our own lease add and fix but never prune, so a restart never tears
+//! down peers that the store simply has not listed yet.
 
 pub mod desired;
 pub mod plan;
 
 use crate::backend::Backend;
-use crate::kernel::objects::{describe, Bounds};
-use crate::kernel::watch::{relevant, Changes};
+use crate::health::readiness::{Condition, Readiness};
+use crate::kernel::objects::{describe, Bounds as KernelBounds};
+use crate::kernel::watch::{is_drift, Changes};
 use crate::kernel::{Kernel, KernelError};
 use crate::lease::{Lease, LeaseSnapshot};
+use crate::metrics::{BackendLabel, Metrics, PassLabel};
+use crate::spec::{Desired, ObjectKind, Op, PeerObjects};
+use desired::{Bounds, Skip};
 use ipnet::Ipv4Net;
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Coalesces a burst of kernel notifications into one round.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// First retry of failed operations; doubles up to the resync interval.
+const RETRY_MIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -48,85 +44,44 @@ pub enum ReconcileError {
     Kernel(#[from] KernelError),
 }
 
-/// A route to a peer's subnet (main table, unicast).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteSpec {
-    pub dst: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub oif: u32,
-    pub onlink: bool,
-    /// Route priority; felt installs 0. Read back so a same-destination
-    /// route with another metric is seen as a different object.
-    pub metric: u32,
-}
-
-/// A permanent ARP entry on a device (vxlan: peer's subnet address -> VTEP MAC).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NeighSpec {
-    pub ifindex: u32,
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-}
-
-/// A permanent bridge FDB entry with NTF_SELF (VTEP MAC -> peer public IP).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FdbSpec {
-    pub ifindex: u32,
-    pub mac: [u8; 6],
-    pub dst: Ipv4Addr,
-}
-
-/// What the peers need in the kernel, computed purely from the leases.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Desired {
-    pub routes: BTreeSet<RouteSpec>,
-    pub neighbours: BTreeSet<NeighSpec>,
-    pub fdb: BTreeSet<FdbSpec>,
-    /// Peers that cannot be served, with the reason (logged, exported).
-    pub problems: Vec<String>,
-}
-
-/// The felt-owned objects the kernel has now (see [`Scope`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Actual {
-    pub routes: BTreeSet<RouteSpec>,
-    pub neighbours: BTreeSet<NeighSpec>,
-    pub fdb: BTreeSet<FdbSpec>,
-}
-
-/// Which kernel objects a backend owns, so the reconciler removes only
-/// what is felt's: never the own subnet, never routes outside the
-/// network, never another interface's objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope {
-    /// The external (underlay) interface.
-    pub ext_index: u32,
-    /// The backend's device (vxlan): routes inside the network through
-    /// it, and all its permanent neighbours and FDB entries, are felt's.
-    pub device: Option<u32>,
-    /// Routes inside the network via a gateway on the external interface
-    /// are felt's (host-gw, vxlan DirectRouting).
-    pub ext_gateway_routes: bool,
-}
-
-/// What one round did, for logs, metrics and tests.
+/// What one pass did, for logs, metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoundReport {
     pub applied: usize,
     pub failed: usize,
-    /// Whether objects no lease wants could be deleted this round.
+    /// Whether objects no lease wants could be deleted this pass.
     pub pruned: bool,
+    /// Leases not routed, and other peer problems, one line each.
     pub problems: Vec<String>,
 }
 
-/// One node's reconciler: owns its netlink socket and the last problems
-/// reported (so they are logged when they change, not every round).
+/// The verdict on one peer lease.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Served(PeerObjects),
+    Skipped(Skip),
+}
+
+/// One node's reconciler: owns its netlink socket and what it last decided.
 pub struct Reconciler {
     backend: Arc<dyn Backend>,
     own: Lease,
     network: Ipv4Net,
+    subnet_len: u8,
     kernel: Kernel,
-    last_problems: Vec<String>,
+    metrics: Arc<Metrics>,
+    readiness: Option<Arc<Readiness>>,
+    /// The snapshot the last pass was computed from.
+    seen: Option<Arc<LeaseSnapshot>>,
+    peers: BTreeMap<Ipv4Net, Verdict>,
+    /// The union of the served peers' objects and the backend's own.
+    desired: Desired,
+    /// Networks on the external interface / on any interface, read at
+    /// each full pass (an address change is drift, so it triggers one).
+    ext_networks: Vec<Ipv4Net>,
+    connected: Vec<Ipv4Net>,
+    /// The problem last logged per subnet, so each is logged on change.
+    logged: BTreeMap<Ipv4Net, String>,
 }
 
 impl Reconciler {
@@ -135,159 +90,478 @@ impl Reconciler {
         backend: Arc<dyn Backend>,
         own: Lease,
         network: Ipv4Net,
+        subnet_len: u8,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ReconcileError> {
         Ok(Reconciler {
             backend,
             own,
             network,
+            subnet_len,
             kernel: Kernel::connect()?,
-            last_problems: Vec::new(),
+            metrics,
+            readiness: None,
+            seen: None,
+            peers: BTreeMap::new(),
+            desired: Desired::default(),
+            ext_networks: Vec::new(),
+            connected: Vec::new(),
+            logged: BTreeMap::new(),
         })
     }
 
-    pub fn scope(&self) -> Scope {
-        self.backend.scope()
+    /// Reports the backend device's state as a readiness condition.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
-    /// Converges the kernel to the snapshot once. `listed`: the snapshot
-    /// is a full listing from the store (not a seed), so objects no lease
-    /// wants may be deleted. Errors are logged and counted; what failed is
-    /// retried by the next round, which recomputes from full state.
-    pub async fn round(&mut self, snapshot: &LeaseSnapshot, listed: bool) -> RoundReport {
-        let mut report = RoundReport::default();
-        if let Err(e) = self.backend.ensure(&self.own).await {
-            tracing::warn!(error = %e, "cannot ensure the backend device; retrying next round");
-            report.failed += 1;
-        }
-        let scope = self.backend.scope();
-        let connected = match self.kernel.connected_networks(scope.ext_index).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the external interface's networks");
-                report.failed += 1;
-                Vec::new()
-            }
-        };
-        let (peers, mut problems) = desired::select_peers(
-            snapshot,
-            &self.own,
-            self.backend.backend_type(),
-            SystemTime::now(),
-        );
-        let want = self.backend.desired(&self.own, &peers, &connected);
-        problems.extend(want.problems.iter().cloned());
-        self.log_problems(&problems);
-        report.problems = problems;
-        let bounds = Bounds {
+    fn kernel_bounds(&self) -> KernelBounds {
+        KernelBounds {
             network: self.network,
             own: self.own.subnet,
-        };
-        let have = match self.kernel.dump_owned(&scope, bounds).await {
+        }
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            own: self.own.clone(),
+            backend_type: self.backend.backend_type(),
+            connected: self.connected.clone(),
+        }
+    }
+
+    /// Whether a kernel notification shows drift from what is wanted.
+    pub fn is_drift(&self, msg: &netlink_packet_route::RouteNetlinkMessage) -> bool {
+        is_drift(
+            msg,
+            &self.backend.scope(),
+            self.kernel_bounds(),
+            &self.desired,
+        )
+    }
+
+    /// A full pass (see the module doc). `listed`: the snapshot came from
+    /// the store (not the seed), so objects no lease wants may be deleted.
+    pub async fn round(&mut self, snapshot: &Arc<LeaseSnapshot>, listed: bool) -> RoundReport {
+        let started = Instant::now();
+        let mut report = RoundReport::default();
+        self.ensure_device(&mut report).await;
+        self.read_connected(&mut report).await;
+        // Peers served before are evaluated first: a MAC clash is won by
+        // whoever already held the MAC, never by a newcomer.
+        let first: std::collections::BTreeSet<Ipv4Net> = self
+            .peers
+            .iter()
+            .filter(|(sn, v)| matches!(v, Verdict::Served(_)) && snapshot.contains_key(sn))
+            .map(|(sn, _)| *sn)
+            .collect();
+        let mut order: Vec<Ipv4Net> = first.iter().copied().collect();
+        order.extend(snapshot.keys().filter(|sn| !first.contains(sn)));
+        self.peers.clear();
+        self.desired = Desired::default();
+        self.desired.add(&self.backend.base_objects(&self.own));
+        let bounds = self.bounds();
+        for sn in order {
+            if let Some(lease) = snapshot.get(&sn) {
+                self.evaluate(lease, &bounds);
+            }
+        }
+        let scope = self.backend.scope();
+        let have = match self.kernel.dump_owned(&scope, self.kernel_bounds()).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read kernel state; retrying next round");
+                tracing::warn!(error = %e, "cannot read kernel state; retrying");
                 report.failed += 1;
+                self.finish(snapshot, &mut report, "full", started);
                 return report;
             }
         };
+        self.skip_blocked_slots(&have);
         report.pruned = listed && desired::authoritative(snapshot, &self.own);
+        let (ops, problems) = plan::plan(&self.desired, &have, report.pruned);
+        report.problems.extend(problems);
         tracing::debug!(
             leases = snapshot.len(),
-            peers = peers.len(),
-            routes = want.routes.len(),
+            routes = self.desired.routes.len(),
             actual_routes = have.routes.len(),
+            ops = ops.len(),
             prune = report.pruned,
-            "reconcile round"
+            "full pass"
         );
-        for op in plan::plan(&want, &have, report.pruned) {
-            match self.kernel.apply(&op).await {
+        self.apply(ops, &mut report).await;
+        self.finish(snapshot, &mut report, "full", started);
+        report
+    }
+
+    /// An incremental pass for a new snapshot from the store. Falls back
+    /// to a full pass when there is nothing to diff against, the store
+    /// re-listed, or the snapshot is not authoritative.
+    pub async fn incremental(&mut self, snapshot: &Arc<LeaseSnapshot>) -> RoundReport {
+        let Some(seen) = self.seen.clone() else {
+            return self.round(snapshot, true).await;
+        };
+        if seen.listing != snapshot.listing || !desired::authoritative(snapshot, &self.own) {
+            return self.round(snapshot, true).await;
+        }
+        let started = Instant::now();
+        let mut report = RoundReport {
+            pruned: true,
+            ..RoundReport::default()
+        };
+        let bounds = self.bounds();
+        let (mut removed, mut added) = (PeerObjects::default(), PeerObjects::default());
+        for sn in seen.changed_since(snapshot) {
+            if let Some(Verdict::Served(objects)) = self.peers.remove(&sn) {
+                self.desired.remove(&objects);
+                extend(&mut removed, objects);
+            }
+            if let Some(lease) = snapshot.get(&sn) {
+                if let Some(Verdict::Served(objects)) = self.evaluate(lease, &bounds) {
+                    extend(&mut added, objects.clone());
+                }
+            }
+        }
+        let ops = self.delta(&removed, &added);
+        self.apply(ops, &mut report).await;
+        self.finish(snapshot, &mut report, "incremental", started);
+        report
+    }
+
+    /// The operations from the objects of changed peers: what is no longer
+    /// wanted goes, what is new comes; an unchanged object is left alone.
+    fn delta(&self, removed: &PeerObjects, added: &PeerObjects) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let want = &self.desired;
+        let gone = |r| !want.routes.contains(r);
+        ops.extend(
+            removed
+                .routes
+                .iter()
+                .filter(|r| gone(r))
+                .cloned()
+                .map(Op::DelRoute),
+        );
+        let gone_n = |n| !want.neighbours.contains(n);
+        ops.extend(
+            removed
+                .neighbours
+                .iter()
+                .filter(|n| gone_n(n))
+                .cloned()
+                .map(Op::DelNeigh),
+        );
+        ops.extend(
+            added
+                .neighbours
+                .iter()
+                .filter(|n| !removed.neighbours.contains(n))
+                .cloned()
+                .map(Op::SetNeigh),
+        );
+        let gone_f = |f| !want.fdb.contains(f);
+        ops.extend(
+            removed
+                .fdb
+                .iter()
+                .filter(|f| gone_f(f))
+                .cloned()
+                .map(Op::DelFdb),
+        );
+        ops.extend(
+            added
+                .fdb
+                .iter()
+                .filter(|f| !removed.fdb.contains(f))
+                .cloned()
+                .map(Op::SetFdb),
+        );
+        for r in added.routes.iter().filter(|r| !removed.routes.contains(r)) {
+            // A slot felt held a moment ago is replaced in place; a new
+            // one is created exclusively, so nobody else's route is lost.
+            let held = removed.routes.iter().any(|o| o.slot() == r.slot());
+            ops.push(if held {
+                Op::SetRoute(r.clone())
+            } else {
+                Op::AddRoute(r.clone())
+            });
+        }
+        // Deletes of routes whose slot is re-set above are redundant (the
+        // replace overwrites them) and would open a window without a route.
+        ops.retain(|op| match op {
+            Op::DelRoute(r) => !added.routes.iter().any(|a| a.slot() == r.slot()),
+            _ => true,
+        });
+        ops
+    }
+
+    /// Judges one lease and records the verdict (served peers' objects go
+    /// into `desired`). Our own lease gets none.
+    fn evaluate(&mut self, lease: &Lease, bounds: &Bounds) -> Option<&Verdict> {
+        let verdict = match desired::check(lease, bounds) {
+            Ok(false) => return None,
+            Err(skip) => Verdict::Skipped(skip),
+            Ok(true) => match self
+                .backend
+                .peer_objects(lease, &self.ext_networks)
+                .map_err(|m| Skip::new("backend-data", m))
+                .and_then(|o| {
+                    self.desired
+                        .try_add(&o)
+                        .map(|()| o)
+                        .map_err(|m| Skip::new("conflict", m))
+                }) {
+                Ok(objects) => Verdict::Served(objects),
+                Err(skip) => Verdict::Skipped(skip),
+            },
+        };
+        self.peers.insert(lease.subnet, verdict);
+        self.peers.get(&lease.subnet)
+    }
+
+    /// Peers whose route slot holds a route felt does not own get nothing
+    /// (rule: never replace someone else's route).
+    fn skip_blocked_slots(&mut self, have: &crate::spec::Actual) {
+        let blocked: Vec<(Ipv4Net, String)> = self
+            .peers
+            .iter()
+            .filter_map(|(sn, v)| match v {
+                Verdict::Served(o) => o
+                    .routes
+                    .iter()
+                    .find_map(|r| have.foreign.get(&r.slot()))
+                    .map(|what| (*sn, what.clone())),
+                Verdict::Skipped(_) => None,
+            })
+            .collect();
+        for (sn, what) in blocked {
+            if let Some(Verdict::Served(o)) = self.peers.remove(&sn) {
+                self.desired.remove(&o);
+            }
+            let skip = Skip::new(
+                "route-slot-taken",
+                format!(
+                    "the route slot for {sn} holds a {what} that felt does not own; not replaced"
+                ),
+            );
+            self.peers.insert(sn, Verdict::Skipped(skip));
+        }
+    }
+
+    async fn ensure_device(&mut self, report: &mut RoundReport) {
+        match self.backend.ensure(&self.own).await {
+            Ok(fixed) => {
+                for kind in fixed {
+                    tracing::info!(kind = kind.name(), "repaired the backend device");
+                    self.metrics.correction(kind);
+                    report.applied += 1;
+                }
+                if let Some(r) = &self.readiness {
+                    r.ok(Condition::Backend, self.backend.backend_type());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ensure the backend device; retrying");
+                self.metrics.failure(ObjectKind::Device);
+                report.failed += 1;
+                if let Some(r) = &self.readiness {
+                    r.not(Condition::Backend, e.to_string());
+                }
+            }
+        }
+    }
+
+    async fn read_connected(&mut self, report: &mut RoundReport) {
+        let ext = self.backend.scope().ext_index;
+        match self.kernel.all_connected_networks().await {
+            Ok(all) => {
+                let own = self.own.subnet;
+                self.ext_networks = all
+                    .iter()
+                    .filter(|(i, _)| *i == ext)
+                    .map(|(_, n)| *n)
+                    .collect();
+                self.connected = all
+                    .into_iter()
+                    .map(|(_, n)| n)
+                    .filter(|n| !own.contains(&n.network()))
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this node's networks");
+                report.failed += 1;
+            }
+        }
+    }
+
+    async fn apply(&mut self, ops: Vec<Op>, report: &mut RoundReport) {
+        for (op, result) in self.kernel.apply_all(ops).await {
+            match result {
                 Ok(()) => {
                     tracing::info!(op = %describe(&op), "reconciled");
+                    self.metrics.correction(op.kind());
                     report.applied += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(op = %describe(&op), error = %e, "operation failed; retrying next round");
+                    tracing::warn!(op = %describe(&op), error = %e, "operation failed; retrying");
+                    self.metrics.failure(op.kind());
                     report.failed += 1;
                 }
             }
         }
-        report
     }
 
-    fn log_problems(&mut self, problems: &[String]) {
-        if problems != self.last_problems.as_slice() {
-            for p in problems.iter().filter(|p| !self.last_problems.contains(p)) {
-                tracing::warn!(problem = %p, "peer cannot be served");
+    /// Bookkeeping after a pass: problems, metrics, the backend's peer
+    /// table, and the snapshot it was computed from.
+    fn finish(
+        &mut self,
+        snapshot: &Arc<LeaseSnapshot>,
+        report: &mut RoundReport,
+        pass: &str,
+        started: Instant,
+    ) {
+        let mut served = Vec::new();
+        let mut skips: Vec<(Ipv4Net, Skip)> = Vec::new();
+        for (sn, v) in &self.peers {
+            match v {
+                Verdict::Served(_) => served.push(*sn),
+                Verdict::Skipped(s) => skips.push((*sn, s.clone())),
             }
-            self.last_problems = problems.to_vec();
         }
+        for (sn, s) in &skips {
+            report.problems.push(format!("peer {sn}: {}", s.message));
+        }
+        self.log_problems(&skips);
+        self.metrics.set_skipped(&desired::skip_counts(
+            skips.iter().map(|(_, s)| s),
+            snapshot,
+        ));
+        self.metrics
+            .peers
+            .get_or_create(&BackendLabel {
+                backend: self.backend.backend_type().into(),
+            })
+            .set(served.len() as i64);
+        let leases: Vec<&Lease> = served.iter().filter_map(|sn| snapshot.get(sn)).collect();
+        self.backend.set_peers(&leases);
+        let label = PassLabel { pass: pass.into() };
+        self.metrics.reconcile_runs.get_or_create(&label).inc();
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        self.seen = Some(snapshot.clone());
+    }
+
+    fn log_problems(&mut self, skips: &[(Ipv4Net, Skip)]) {
+        for (sn, s) in skips {
+            if self.logged.get(sn) != Some(&s.message) {
+                tracing::warn!(peer = %sn, reason = s.reason, problem = %s.message, "lease not routed");
+            }
+        }
+        self.logged = skips
+            .iter()
+            .map(|(sn, s)| (*sn, s.message.clone()))
+            .collect();
     }
 }
 
-/// The reconcile loop (see the module CONTRACT).
+fn extend(into: &mut PeerObjects, from: PeerObjects) {
+    into.routes.extend(from.routes);
+    into.neighbours.extend(from.neighbours);
+    into.fdb.extend(from.fdb);
+}
+
+/// The reconcile loop: passes on every trigger until `leases` closes.
 pub async fn run(
-    backend: Arc<dyn Backend>,
-    own: Lease,
-    network: Ipv4Net,
+    mut rec: Reconciler,
     mut leases: watch::Receiver<Arc<LeaseSnapshot>>,
     resync: Duration,
 ) -> Result<(), ReconcileError> {
-    let mut reconciler = Reconciler::new(backend, own, network)?;
-    let mut changes = match Kernel::subscribe_changes() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(error = %e, "no kernel change notifications; relying on the periodic resync");
-            None
-        }
-    };
+    let mut changes = subscribe();
     // The channel's initial value is a seed, not a listing: only a value
-    // the store sent may prune, whether changed() woke us or the value
-    // arrived while another trigger's round ran.
-    let mut listed = false;
+    // the store sent may prune.
+    let mut listed = leases.has_changed().unwrap_or(false);
+    let mut snapshot = leases.borrow_and_update().clone();
+    let mut report = rec.round(&snapshot, listed).await;
+    let mut retry = RETRY_MIN;
+    let mut next_full = Instant::now() + resync;
     loop {
-        listed |= leases.has_changed().unwrap_or(false);
-        let snapshot = leases.borrow_and_update().clone();
-        let report = reconciler.round(&snapshot, listed).await;
         if listed && !report.pruned {
             tracing::warn!(
                 "lease snapshot lacks our own lease; stale state is kept until it has it"
             );
         }
-        let scope = reconciler.scope();
-        tokio::select! {
+        // Failed operations are retried by a full pass soon, backing off.
+        if report.failed > 0 {
+            next_full = next_full.min(Instant::now() + retry);
+            retry = (retry * 2).min(resync);
+        } else {
+            retry = RETRY_MIN;
+        }
+        let trigger = tokio::select! {
             changed = leases.changed() => {
                 if changed.is_err() {
                     tracing::info!("lease watch closed; reconciler stops (datapath stays up)");
                     return Ok(());
                 }
-                // changed() marked the new value seen: record it here.
                 listed = true;
+                snapshot = leases.borrow_and_update().clone();
+                Trigger::Snapshot
             }
-            _ = tokio::time::sleep(resync) => {}
-            _ = next_relevant(&mut changes, &scope) => {
-                tokio::time::sleep(DEBOUNCE).await;
-                if let Some(c) = changes.as_mut() {
-                    c.drain();
+            _ = tokio::time::sleep_until(next_full.into()) => Trigger::Full,
+            drift = next_drift(&mut changes, &rec) => {
+                if !drift {
+                    changes = subscribe();
                 }
+                Trigger::Full
             }
+        };
+        report = match trigger {
+            Trigger::Snapshot if listed => rec.incremental(&snapshot).await,
+            _ => {
+                next_full = Instant::now() + resync;
+                rec.round(&snapshot, listed).await
+            }
+        };
+    }
+}
+
+enum Trigger {
+    Snapshot,
+    Full,
+}
+
+fn subscribe() -> Option<Changes> {
+    match Kernel::subscribe_changes() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no kernel change notifications; relying on the periodic resync");
+            None
         }
     }
 }
 
-/// Waits for a kernel notification about the backend's objects; never
-/// returns when notifications are unavailable.
-async fn next_relevant(changes: &mut Option<Changes>, scope: &Scope) {
+/// Waits for a notification that shows drift, then takes every queued one
+/// with it (the coming full pass covers them all). Returns false when the
+/// subscription was lost (an overrun): the caller subscribes again, and
+/// the full pass it runs makes up for what was missed. Never returns when
+/// notifications are unavailable.
+async fn next_drift(changes: &mut Option<Changes>, rec: &Reconciler) -> bool {
+    let Some(c) = changes.as_mut() else {
+        return std::future::pending().await;
+    };
     loop {
-        let Some(c) = changes.as_mut() else {
-            return std::future::pending().await;
+        let Some(msg) = c.next().await else {
+            tracing::warn!("kernel change notifications lost; subscribing again");
+            return false;
         };
-        match c.next().await {
-            Some(msg) if relevant(&msg, scope) => return,
-            Some(_) => {}
-            None => {
-                tracing::warn!("kernel change notifications lost; relying on the periodic resync");
-                *changes = None;
-            }
+        if rec.is_drift(&msg) {
+            tracing::debug!(?msg, "kernel drift");
+            while let Some(Some(_)) = c.try_next() {}
+            return true;
         }
     }
 }

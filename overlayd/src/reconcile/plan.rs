@@ -1,31 +1,25 @@
 //! The pure diff: desired vs actual -> the operations that converge them.
 //!
-//! "Set" operations are create-or-replace in the kernel, so an object
-//! that exists with other attributes is fixed in place (no delete + add,
-//! no window without a route). Objects no lease wants are deleted only
-//! when `prune` is set (the lease snapshot is authoritative).
+//! Neighbour and FDB "set" operations are create-or-replace in the
+//! kernel, and a route felt already holds in a slot is replaced in place,
+//! so an object that exists with other attributes is fixed without a
+//! delete and an add (no window without a route). A route slot held by a route felt
+//! does not own is never written: that is reported instead. Objects no
+//! lease wants are deleted only when `prune` is set (the lease snapshot is
+//! authoritative).
 
-use super::{Actual, Desired, FdbSpec, NeighSpec, RouteSpec};
-
-/// One kernel write. The order of a plan matters, see [`plan`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    DelRoute(RouteSpec),
-    DelNeigh(NeighSpec),
-    SetNeigh(NeighSpec),
-    DelFdb(FdbSpec),
-    SetFdb(FdbSpec),
-    SetRoute(RouteSpec),
-}
+use crate::spec::{Actual, Desired, FdbSpec, NeighSpec, Op, RouteSpec};
 
 /// Computes the operations, ordered so traffic never meets a half-built
 /// peer: stale routes go first (nothing is routed to a neighbour about to
 /// vanish), then neighbours and FDB entries, and routes are set last (the
 /// kernel would otherwise ARP for the gateway before its entry exists).
-pub fn plan(desired: &Desired, actual: &Actual, prune: bool) -> Vec<Op> {
+/// Also returns the wanted routes that cannot be installed, and why.
+pub fn plan(desired: &Desired, actual: &Actual, prune: bool) -> (Vec<Op>, Vec<String>) {
     let mut ops = Vec::new();
+    let stale: Vec<RouteSpec> = stale_routes(desired, actual).collect();
     if prune {
-        ops.extend(stale_routes(desired, actual).map(Op::DelRoute));
+        ops.extend(stale.iter().cloned().map(Op::DelRoute));
         ops.extend(stale_neighbours(desired, actual).map(Op::DelNeigh));
     }
     ops.extend(missing(&desired.neighbours, &actual.neighbours).map(Op::SetNeigh));
@@ -33,8 +27,27 @@ pub fn plan(desired: &Desired, actual: &Actual, prune: bool) -> Vec<Op> {
         ops.extend(stale_fdb(desired, actual).map(Op::DelFdb));
     }
     ops.extend(missing(&desired.fdb, &actual.fdb).map(Op::SetFdb));
-    ops.extend(missing(&desired.routes, &actual.routes).map(Op::SetRoute));
-    ops
+    let mut problems = Vec::new();
+    for r in missing(&desired.routes, &actual.routes) {
+        if let Some(what) = actual.foreign.get(&r.slot()) {
+            problems.push(format!(
+                "route to {} not installed: its slot holds a {what} that felt does not own",
+                r.dst
+            ));
+            continue;
+        }
+        // The sole route of ours in the slot survives pruning (see
+        // stale_routes) and is replaced in place; otherwise the slot is
+        // empty (or emptied by the deletes above) and the route is created.
+        let ours_in_slot = actual.routes.iter().any(|a| a.slot() == r.slot())
+            && !(prune && stale.iter().any(|s| s.slot() == r.slot()));
+        ops.push(if ours_in_slot {
+            Op::SetRoute(r)
+        } else {
+            Op::AddRoute(r)
+        });
+    }
+    (ops, problems)
 }
 
 fn missing<'a, T: Ord + Clone>(
@@ -55,14 +68,11 @@ fn stale_routes<'a>(
         .routes
         .difference(&desired.routes)
         .filter(move |a| {
-            let wanted = desired
-                .routes
-                .iter()
-                .any(|d| d.dst == a.dst && d.metric == a.metric);
+            let wanted = desired.routes.iter().any(|d| d.slot() == a.slot());
             let same_slot = actual
                 .routes
                 .iter()
-                .filter(|o| o.dst == a.dst && o.metric == a.metric)
+                .filter(|o| o.slot() == a.slot())
                 .count();
             !(wanted && same_slot == 1)
         })
@@ -125,7 +135,7 @@ mod tests {
     fn route(dst: &str, gw: &str, oif: u32) -> RouteSpec {
         RouteSpec {
             dst: dst.parse().unwrap(),
-            gateway: ip(gw),
+            gateway: Some(ip(gw)),
             oif,
             onlink: oif == DEV,
             metric: 0,
@@ -168,6 +178,7 @@ mod tests {
             routes: d.routes.clone(),
             neighbours: d.neighbours.clone(),
             fdb: d.fdb.clone(),
+            ..Actual::default()
         };
         (d, a)
     }
@@ -198,7 +209,7 @@ mod tests {
                 vec![
                     Op::SetNeigh(n.clone()),
                     Op::SetFdb(f.clone()),
-                    Op::SetRoute(r.clone()),
+                    Op::AddRoute(r.clone()),
                 ],
             ),
             ("already right: untouched", &want_b, &have_b, true, vec![]),
@@ -222,7 +233,7 @@ mod tests {
             ),
         ];
         for (name, d, a, prune, expected) in cases {
-            assert_eq!(plan(d, a, prune), expected, "case: {name}");
+            assert_eq!(plan(d, a, prune).0, expected, "case: {name}");
         }
     }
 
@@ -237,7 +248,7 @@ mod tests {
             vec![neigh("10.244.2.0", MAC_C)],
             vec![fdb(MAC_B, "192.168.1.99")],
         );
-        let ops = plan(&want, &have, true);
+        let ops = plan(&want, &have, true).0;
         assert_eq!(ops, vec![Op::SetNeigh(n), Op::SetFdb(f), Op::SetRoute(r)]);
     }
 
@@ -249,8 +260,8 @@ mod tests {
         let (want, _) = state(vec![r.clone()], vec![], vec![]);
         let (_, have) = state(vec![other.clone()], vec![], vec![]);
         assert_eq!(
-            plan(&want, &have, true),
-            vec![Op::DelRoute(other), Op::SetRoute(r)]
+            plan(&want, &have, true).0,
+            vec![Op::DelRoute(other), Op::AddRoute(r)]
         );
     }
 
@@ -260,7 +271,7 @@ mod tests {
         let dup = route("10.244.2.0/24", "192.168.1.2", EXT);
         let (want, _) = state(vec![r.clone()], vec![], vec![]);
         let (_, have) = state(vec![r.clone(), dup.clone()], vec![], vec![]);
-        assert_eq!(plan(&want, &have, true), vec![Op::DelRoute(dup)]);
+        assert_eq!(plan(&want, &have, true).0, vec![Op::DelRoute(dup)]);
     }
 
     #[test]
@@ -269,7 +280,7 @@ mod tests {
         let extra = fdb(MAC_B, "192.168.1.50");
         let (want, _) = state(vec![], vec![], vec![f.clone()]);
         let (_, have) = state(vec![], vec![], vec![f.clone(), extra.clone()]);
-        assert_eq!(plan(&want, &have, true), vec![Op::DelFdb(extra)]);
+        assert_eq!(plan(&want, &have, true).0, vec![Op::DelFdb(extra)]);
         // Two wrong remotes: both go, then the wanted one is set.
         let wrong = fdb(MAC_B, "192.168.1.51");
         let (_, have) = state(
@@ -277,7 +288,7 @@ mod tests {
             vec![],
             vec![wrong.clone(), fdb(MAC_B, "192.168.1.50")],
         );
-        let ops = plan(&want, &have, true);
+        let ops = plan(&want, &have, true).0;
         assert_eq!(ops.len(), 3);
         assert_eq!(ops.last(), Some(&Op::SetFdb(f)));
     }
@@ -292,8 +303,23 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            plan(&want, &have, false),
+            plan(&want, &have, false).0,
             vec![Op::SetNeigh(n), Op::SetFdb(f), Op::SetRoute(r)]
         );
+    }
+
+    #[test]
+    fn a_slot_held_by_a_foreign_route_is_never_written() {
+        let (r, _, _) = peer_b();
+        let (want, _) = state(vec![r.clone()], vec![], vec![]);
+        let mut have = Actual::default();
+        have.foreign.insert(
+            r.slot(),
+            "Unicast route 10.244.2.0/24 dev #2 proto Kernel".into(),
+        );
+        let (ops, problems) = plan(&want, &have, true);
+        assert!(ops.is_empty(), "{ops:?}");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("felt does not own"), "{problems:?}");
     }
 }

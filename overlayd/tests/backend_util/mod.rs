@@ -9,7 +9,8 @@ use felt_common::testutil::TestNetns;
 use overlayd::backend::vxlan::VxlanBackend;
 use overlayd::backend::{Backend, ExternalInterface};
 use overlayd::config::VxlanConfig;
-use overlayd::lease::{Lease, LeaseAttrs, LeaseSnapshot};
+use overlayd::lease::{Lease, LeaseAttrs, LeaseSnapshot, Term};
+use overlayd::metrics::Metrics;
 use overlayd::reconcile::{Reconciler, RoundReport};
 use std::future::Future;
 use std::sync::Arc;
@@ -152,7 +153,7 @@ pub fn lease(subnet: &str, public_ip: &str, kind: &str, data: serde_json::Value)
             backend_data: data,
             backend_v6_data: None,
         },
-        expiration: None,
+        term: Term::Reservation,
     }
 }
 
@@ -161,7 +162,7 @@ pub fn vxlan_data(mac: &str) -> serde_json::Value {
 }
 
 pub fn snapshot(leases: &[&Lease]) -> Arc<LeaseSnapshot> {
-    Arc::new(leases.iter().map(|l| (l.subnet, (*l).clone())).collect())
+    Arc::new(leases.iter().map(|l| (*l).clone()).collect())
 }
 
 /// How long tests wait for something that normally takes milliseconds:
@@ -215,7 +216,7 @@ pub fn vxlan_rounds(node: &Node, snapshots: Vec<Arc<LeaseSnapshot>>) -> Vec<Roun
         b.configure_own(&own).await.unwrap();
         let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
         let net = NETWORK.parse().unwrap();
-        let mut rec = Reconciler::new(backend, own, net).unwrap();
+        let mut rec = reconciler(backend, own, net);
         let mut reports = Vec::new();
         for s in snapshots {
             reports.push(rec.round(&s, true).await);
@@ -250,4 +251,9 @@ pub fn assert_peer_programmed(node: &Node, subnet_addr: &str, mac: &str, public_
         r["flags"].as_array().unwrap().iter().any(|x| x == "onlink"),
         "{r}"
     );
+}
+
+/// A reconciler for the test network (/24 subnets) with its own metrics.
+pub fn reconciler(backend: Arc<dyn Backend>, own: Lease, network: ipnet::Ipv4Net) -> Reconciler {
+    Reconciler::new(backend, own, network, 24, Arc::new(Metrics::new())).unwrap()
 }
