@@ -526,6 +526,10 @@ impl LeaseStore for EtcdStore {
     async fn watch_leases(&self, tx: watch::Sender<Arc<LeaseSnapshot>>) -> Result<(), LeaseError> {
         self.watch_leases_from(tx, None).await
     }
+
+    async fn mark_ready(&self, _lease: &Lease) -> Result<(), LeaseError> {
+        Ok(())
+    }
 }
 
 impl EtcdStore {

@@ -1,9 +1,10 @@
 //! Subnet leases: the shared vocabulary and the `LeaseStore` seam.
 //!
-//! A store (etcd now, the Kubernetes API later) acquires and renews this
-//! node's lease and publishes *full snapshots* of every lease in the
-//! network. It never publishes single events: the reconciler always
-//! recomputes from the whole set, so a lost event cannot lose state.
+//! A store (etcd, or the Kubernetes API) acquires and renews this node's
+//! lease and publishes *full snapshots* of every lease in the network. It
+//! never publishes single events: a lost event cannot lose state, and the
+//! reconciler finds what changed by comparing snapshots (cheaply: leases
+//! are shared between snapshots).
 
 pub mod alloc;
 pub mod etcd;
@@ -248,4 +249,8 @@ pub trait LeaseStore: Send + Sync {
     /// the new whole set, reconnecting with backoff. Returns only when
     /// every receiver is gone.
     async fn watch_leases(&self, tx: watch::Sender<Arc<LeaseSnapshot>>) -> Result<(), LeaseError>;
+
+    /// Tells the store that routes to the peers are in place (kube: the
+    /// Node condition NetworkUnavailable=False). etcd has nothing to record.
+    async fn mark_ready(&self, lease: &Lease) -> Result<(), LeaseError>;
 }
