@@ -153,7 +153,7 @@ async fn start(
         flags.subnet_file.display().to_string(),
     );
     tracing::info!(path = %flags.subnet_file.display(), "wrote subnet file");
-    let rec = Reconciler::new(
+    let mut rec = Reconciler::new(
         Arc::from(backend),
         lease.clone(),
         network,
@@ -161,6 +161,8 @@ async fn start(
         shared.metrics.clone(),
     )?
     .with_readiness(shared.readiness.clone());
+    let converged = rec.on_converged();
+    let _ready = tokio::spawn(mark_ready_when(converged, store.clone(), lease.clone()));
     let renewer = tokio::spawn(renew_loop(
         store,
         lease,
@@ -181,6 +183,24 @@ async fn start(
             Ok(Err(e)) => Err(e.into()),
             _ => Err(DaemonError::TaskEnded("lease renewal")),
         },
+    }
+}
+
+/// Once the peers are routed, tells the store (kube: the Node condition
+/// NetworkUnavailable=False), retrying until it takes.
+async fn mark_ready_when(
+    converged: tokio::sync::oneshot::Receiver<()>,
+    store: Arc<dyn LeaseStore>,
+    lease: Lease,
+) {
+    if converged.await.is_err() {
+        return;
+    }
+    let mut delay = RETRY_MIN;
+    while let Err(e) = store.mark_ready(&lease).await {
+        tracing::warn!(error = %e, retry_in = ?delay, "cannot mark the node's network ready");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -390,6 +410,7 @@ pub async fn renew_loop(
 ) -> Result<(), LeaseError> {
     let mut retry: Option<Duration> = None;
     let mut failing_since: Option<SystemTime> = None;
+    let mut last_try: Option<std::time::Instant> = None;
     loop {
         let wait = retry.unwrap_or_else(|| until_renewal(&lease, margin));
         tokio::select! {
@@ -400,12 +421,19 @@ pub async fn renew_loop(
                 }
                 let snap = leases.borrow_and_update().clone();
                 let intact = snap.get(&lease.subnet).is_some_and(|l| l.attrs == lease.attrs);
-                if intact || retry.is_some() {
+                // While renewal is failing, a snapshot means the store
+                // answers again: retry at once (at most once a second).
+                let store_back = retry.is_some()
+                    && last_try.is_some_and(|t: std::time::Instant| t.elapsed() >= RETRY_MIN);
+                if !store_back && (intact || retry.is_some()) {
                     continue;
                 }
-                tracing::warn!(subnet = %lease.subnet, "our lease changed or vanished in the store; renewing now");
+                if !intact {
+                    tracing::warn!(subnet = %lease.subnet, "our lease changed or vanished in the store; renewing now");
+                }
             }
         }
+        last_try = Some(std::time::Instant::now());
         match store.renew(&lease).await {
             Ok(l) => {
                 let left = l

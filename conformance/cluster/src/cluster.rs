@@ -133,6 +133,7 @@ impl Cluster {
             binary: overlayd_bin,
             etcd_endpoint: etcd.endpoint().to_string(),
             etcd_prefix: ETCD_PREFIX.to_string(),
+            common: Vec::new(),
         };
         Ok(Cluster {
             pods: Vec::new(),
@@ -150,6 +151,11 @@ impl Cluster {
 
     pub fn etcd(&self) -> &Etcd {
         &self.etcd
+    }
+
+    /// For outages: stop and restart etcd.
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
     }
 
     pub fn backend(&self) -> Backend {
@@ -219,6 +225,11 @@ impl Cluster {
         self.nodes
             .push(Node::new(name, ns, underlay_ip(octet), dir));
         Ok(i)
+    }
+
+    /// Flags every overlayd started from now on gets.
+    pub fn set_overlayd_flags(&mut self, flags: &[&str]) {
+        self.overlayd.common = flags.iter().map(|f| f.to_string()).collect();
     }
 
     /// Starts overlayd on node `i` with flanneld's flags plus `extra`.

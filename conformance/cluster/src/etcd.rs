@@ -7,9 +7,10 @@ use crate::netns::Netns;
 use crate::process::{require_tool, run, Daemon};
 use crate::wait::wait_for;
 use base64::Engine;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,9 +18,11 @@ use std::time::Duration;
 pub const CLIENT_PORT: u16 = 2379;
 
 pub struct Etcd {
-    daemon: Daemon,
+    daemon: Option<Daemon>,
+    /// The namespace etcd runs in (owned by the cluster, not by us).
     ns: String,
     endpoint: String,
+    dir: PathBuf,
 }
 
 impl Etcd {
@@ -28,10 +31,39 @@ impl Etcd {
     pub fn start(ns: &Netns, addr: Ipv4Addr, dir: &Path) -> Result<Self> {
         require_tool("etcd")?;
         require_tool("etcdctl")?;
-        let endpoint = format!("http://{addr}:{CLIENT_PORT}");
+        let mut etcd = Etcd {
+            daemon: None,
+            ns: ns.name().to_string(),
+            endpoint: format!("http://{addr}:{CLIENT_PORT}"),
+            dir: dir.to_path_buf(),
+        };
+        etcd.run()?;
+        Ok(etcd)
+    }
+
+    /// Stops etcd (SIGTERM), keeping its data: an outage.
+    pub fn stop(&mut self) -> Result<()> {
+        match self.daemon.take() {
+            Some(d) => d.stop(Signal::SIGTERM, Duration::from_secs(10)).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a stopped etcd again on the same data and waits until it
+    /// answers.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.daemon.is_some() {
+            return Err(HarnessError::Setup("etcd is running".into()));
+        }
+        self.run()
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let endpoint = self.endpoint.clone();
         let peer = "http://127.0.0.1:2380";
-        let data = dir.join("etcd-data");
-        let mut cmd = ns.command("etcd");
+        let data = self.dir.join("etcd-data");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcd"]);
         cmd.args(["--name", "felt"])
             .arg("--data-dir")
             .arg(&data)
@@ -48,27 +80,41 @@ impl Etcd {
                 "--log-level",
                 "warn",
             ]);
-        let daemon = Daemon::spawn(cmd, "etcd", &dir.join("etcd.log"))?;
-        let mut etcd = Etcd {
-            daemon,
-            ns: ns.name().to_string(),
-            endpoint,
-        };
-        etcd.wait_ready()?;
-        Ok(etcd)
+        self.daemon = Some(Daemon::spawn(cmd, "etcd", &self.dir.join("etcd.log"))?);
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {
         let waited = wait_for("etcd to answer", Duration::from_secs(20), || {
-            if let Some(status) = self.daemon.try_wait()? {
-                return Err(HarnessError::Setup(format!(
-                    "etcd exited ({status}): {}",
-                    crate::process::tail(&self.daemon.log(), 20)
-                )));
+            if let Some(d) = self.daemon.as_mut() {
+                if let Some(status) = d.try_wait()? {
+                    return Err(HarnessError::Setup(format!(
+                        "etcd exited ({status}): {}",
+                        crate::process::tail(&d.log(), 20)
+                    )));
+                }
             }
             Ok(self.ctl(&["endpoint", "health"]).is_ok())
         });
         waited.map(|_| ())
+    }
+
+    /// One sample of etcd's own /metrics (Prometheus text), e.g.
+    /// `grpc_server_started_total{grpc_method="Range",...}`: summed over
+    /// every sample whose name and labels contain all of `parts`.
+    pub fn metric_sum(&self, parts: &[&str]) -> Result<f64> {
+        let addr: std::net::SocketAddr = self
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| crate::error::parse_err("etcd endpoint", e))?;
+        let path = PathBuf::from(format!("/run/netns/{}", self.ns));
+        let (_, body) = crate::http::get(&path, addr, "/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum())
     }
 
     /// `http://<underlay addr>:2379`, what overlayd gets as --etcd-endpoints.
@@ -77,7 +123,7 @@ impl Etcd {
     }
 
     pub fn log(&self) -> String {
-        self.daemon.log()
+        crate::process::read_log(&self.dir.join("etcd.log"))
     }
 
     fn ctl(&self, args: &[&str]) -> Result<String> {

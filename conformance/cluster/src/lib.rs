@@ -11,11 +11,13 @@
 pub mod cluster;
 pub mod error;
 pub mod etcd;
+pub mod http;
 pub mod kernel;
 pub mod netns;
 pub mod node;
 pub mod pod;
 pub mod process;
+pub mod stream;
 pub mod tcp;
 pub mod wait;
 

@@ -14,12 +14,18 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+/// The port overlayd serves /healthz, /readyz and /metrics on, in every
+/// node's namespace.
+pub const HEALTH_PORT: u16 = 9101;
+
 /// How overlayd is started on a node.
 #[derive(Debug, Clone)]
 pub struct OverlaydArgs {
     pub binary: PathBuf,
     pub etcd_endpoint: String,
     pub etcd_prefix: String,
+    /// Flags every overlayd of the cluster gets (before per-start ones).
+    pub common: Vec<String>,
 }
 
 pub struct Node {
@@ -121,8 +127,11 @@ impl Node {
         cmd.args(["--etcd-endpoints", &args.etcd_endpoint])
             .args(["--etcd-prefix", &args.etcd_prefix])
             .args(["--iface", "eth0"])
+            .args(["--healthz-ip", "127.0.0.1"])
+            .args(["--healthz-port", &HEALTH_PORT.to_string()])
             .arg("--subnet-file")
             .arg(self.subnet_file())
+            .args(&args.common)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -201,6 +210,27 @@ impl Node {
     ) -> Result<Duration> {
         let what = format!("{what} on {}", self.name);
         wait_for(&what, timeout, || Ok(check(&self.kernel()?)))
+    }
+}
+
+impl Node {
+    /// `GET path` on the node's overlayd health endpoint: (status, body).
+    pub fn health_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, HEALTH_PORT));
+        crate::http::get(&self.ns.path(), addr, path)
+    }
+
+    /// /readyz: whether the node is ready, and the body (the reasons).
+    pub fn readyz(&self) -> Result<(bool, String)> {
+        let (code, body) = self.health_get("/readyz")?;
+        Ok((code == 200, body))
+    }
+
+    /// One sample of overlayd's /metrics, e.g.
+    /// `felt_reconcile_corrections_total{kind="route"}`; absent reads 0.
+    pub fn metric(&self, sample: &str) -> Result<f64> {
+        let (_, body) = self.health_get("/metrics")?;
+        Ok(crate::http::metric(&body, sample))
     }
 }
 

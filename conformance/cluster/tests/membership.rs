@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::{assert_pods_ping, cluster, monitor_node, overlay_changes, CONVERGE};
-use felt_cluster::process::Daemon;
+use common::{
+    assert_pods_ping, cluster, monitor_node, overlay_changes, start_pinger, stop_pinger, CONVERGE,
+};
 use felt_cluster::{Backend, Cluster, KernelState, ETCD_PREFIX, VTEP};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant, SystemTime};
@@ -114,30 +115,6 @@ fn snapshot_all(c: &Cluster) -> Vec<KernelState> {
     c.nodes.iter().map(|n| n.kernel().unwrap()).collect()
 }
 
-/// `ping -i 0.02` from pod `from` to pod `to` in the background.
-fn start_pinger(c: &Cluster, from: usize, to: usize, tag: &str) -> Daemon {
-    let mut cmd = c.pods[from].ns.command("ping");
-    cmd.args(["-n", "-i", "0.02", &c.pods[to].ip.to_string()]);
-    Daemon::spawn(cmd, "ping", &c.dir().join(format!("ping-{tag}.log"))).unwrap()
-}
-
-/// Stops a pinger; returns (transmitted, received).
-fn stop_pinger(pinger: Daemon) -> (u32, u32) {
-    let log = pinger.log_path().to_path_buf();
-    pinger.stop(Signal::SIGINT, Duration::from_secs(2)).unwrap();
-    let text = felt_cluster::process::read_log(&log);
-    // "123 packets transmitted, 123 received, 0% packet loss, time 2460ms"
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {text}"));
-    let nums: Vec<u32> = line
-        .split(|ch: char| !ch.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (nums[0], nums[1])
-}
-
 /// Restarts overlayd on node3 with `signal`, pods pinging through it all
 /// along; asserts nothing changed anywhere: the kernel reports no change
 /// to the overlay's objects on any node, and the state read back is the
@@ -150,7 +127,10 @@ fn restart_once(c: &mut Cluster, signal: Signal) {
     let subnet = c.nodes[2].subnet().unwrap();
     let key = c.nodes[2].lease_key(ETCD_PREFIX).unwrap();
     let lease_before = c.etcd().get(&key).unwrap().unwrap();
-    let pingers = [start_pinger(c, 0, 2, "a"), start_pinger(c, 2, 1, "b")];
+    let pingers = [
+        start_pinger(c, 0, 2, "a", "0.02"),
+        start_pinger(c, 2, 1, "b", "0.02"),
+    ];
     std::thread::sleep(Duration::from_millis(300));
     let since = SystemTime::now();
     let how = c.node_mut(2).unwrap().stop_overlayd(signal).unwrap();

@@ -22,7 +22,7 @@ pub mod plan;
 
 use crate::backend::Backend;
 use crate::health::readiness::{Condition, Readiness};
-use crate::kernel::objects::{describe, Bounds as KernelBounds};
+use crate::kernel::objects::{describe, foreign_slot, owned_route, Bounds as KernelBounds};
 use crate::kernel::watch::{is_drift, Changes};
 use crate::kernel::{Kernel, KernelError};
 use crate::lease::{Lease, LeaseSnapshot};
@@ -80,8 +80,18 @@ pub struct Reconciler {
     /// each full pass (an address change is drift, so it triggers one).
     ext_networks: Vec<Ipv4Net>,
     connected: Vec<Ipv4Net>,
+    /// Route slots inside the network held by routes felt does not own:
+    /// from each full pass's dump, kept current by route notifications,
+    /// so an incremental pass never writes a peer it would have to undo.
+    foreign: BTreeMap<(Ipv4Net, u32), String>,
+    /// Whether the last pass could prune: an incremental pass only builds
+    /// on a kernel state that holds nothing stale.
+    settled: bool,
     /// The problem last logged per subnet, so each is logged on change.
     logged: BTreeMap<Ipv4Net, String>,
+    /// Fired once routes to every listed peer are in place: the first pass
+    /// on an authoritative listing with no failure.
+    converged: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Reconciler {
@@ -106,8 +116,20 @@ impl Reconciler {
             desired: Desired::default(),
             ext_networks: Vec::new(),
             connected: Vec::new(),
+            foreign: BTreeMap::new(),
+            settled: false,
             logged: BTreeMap::new(),
+            converged: None,
         })
+    }
+
+    /// Returns a receiver that fires once the peers are routed (see
+    /// `converged`); the daemon tells the store then (kube:
+    /// NetworkUnavailable=False).
+    pub fn on_converged(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.converged = Some(tx);
+        rx
     }
 
     /// Reports the backend device's state as a readiness condition.
@@ -133,14 +155,23 @@ impl Reconciler {
         }
     }
 
-    /// Whether a kernel notification shows drift from what is wanted.
-    pub fn is_drift(&self, msg: &netlink_packet_route::RouteNetlinkMessage) -> bool {
-        is_drift(
-            msg,
-            &self.backend.scope(),
-            self.kernel_bounds(),
-            &self.desired,
-        )
+    /// Takes in a kernel notification: keeps the foreign route slots
+    /// current, and says whether it shows drift from what is wanted.
+    pub fn observe(&mut self, msg: &netlink_packet_route::RouteNetlinkMessage) -> bool {
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        let scope = self.backend.scope();
+        let bounds = self.kernel_bounds();
+        if let M::NewRoute(r) | M::DelRoute(r) = msg {
+            if owned_route(r, &scope, bounds).is_none() {
+                if let Some((slot, what)) = foreign_slot(r, bounds) {
+                    match msg {
+                        M::NewRoute(_) => self.foreign.insert(slot, what),
+                        _ => self.foreign.remove(&slot),
+                    };
+                }
+            }
+        }
+        is_drift(msg, &scope, bounds, &self.desired)
     }
 
     /// A full pass (see the module doc). `listed`: the snapshot came from
@@ -150,6 +181,17 @@ impl Reconciler {
         let mut report = RoundReport::default();
         self.ensure_device(&mut report).await;
         self.read_connected(&mut report).await;
+        let scope = self.backend.scope();
+        let have = match self.kernel.dump_owned(&scope, self.kernel_bounds()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read kernel state; retrying");
+                report.failed += 1;
+                self.finish(snapshot, &mut report, "full", started);
+                return report;
+            }
+        };
+        self.foreign = have.foreign.clone();
         // Peers served before are evaluated first: a MAC clash is won by
         // whoever already held the MAC, never by a newcomer.
         let first: std::collections::BTreeSet<Ipv4Net> = self
@@ -169,17 +211,6 @@ impl Reconciler {
                 self.evaluate(lease, &bounds);
             }
         }
-        let scope = self.backend.scope();
-        let have = match self.kernel.dump_owned(&scope, self.kernel_bounds()).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read kernel state; retrying");
-                report.failed += 1;
-                self.finish(snapshot, &mut report, "full", started);
-                return report;
-            }
-        };
-        self.skip_blocked_slots(&have);
         report.pruned = listed && desired::authoritative(snapshot, &self.own);
         let (ops, problems) = plan::plan(&self.desired, &have, report.pruned);
         report.problems.extend(problems);
@@ -203,7 +234,10 @@ impl Reconciler {
         let Some(seen) = self.seen.clone() else {
             return self.round(snapshot, true).await;
         };
-        if seen.listing != snapshot.listing || !desired::authoritative(snapshot, &self.own) {
+        if !self.settled
+            || seen.listing != snapshot.listing
+            || !desired::authoritative(snapshot, &self.own)
+        {
             return self.round(snapshot, true).await;
         }
         let started = Instant::now();
@@ -307,6 +341,7 @@ impl Reconciler {
                 .backend
                 .peer_objects(lease, &self.ext_networks)
                 .map_err(|m| Skip::new("backend-data", m))
+                .and_then(|o| self.check_slots(lease, o))
                 .and_then(|o| {
                     self.desired
                         .try_add(&o)
@@ -321,32 +356,18 @@ impl Reconciler {
         self.peers.get(&lease.subnet)
     }
 
-    /// Peers whose route slot holds a route felt does not own get nothing
-    /// (rule: never replace someone else's route).
-    fn skip_blocked_slots(&mut self, have: &crate::spec::Actual) {
-        let blocked: Vec<(Ipv4Net, String)> = self
-            .peers
-            .iter()
-            .filter_map(|(sn, v)| match v {
-                Verdict::Served(o) => o
-                    .routes
-                    .iter()
-                    .find_map(|r| have.foreign.get(&r.slot()))
-                    .map(|what| (*sn, what.clone())),
-                Verdict::Skipped(_) => None,
-            })
-            .collect();
-        for (sn, what) in blocked {
-            if let Some(Verdict::Served(o)) = self.peers.remove(&sn) {
-                self.desired.remove(&o);
-            }
-            let skip = Skip::new(
+    /// A peer whose route slot holds a route felt does not own gets
+    /// nothing (never replace someone else's route).
+    fn check_slots(&self, lease: &Lease, o: PeerObjects) -> Result<PeerObjects, Skip> {
+        match o.routes.iter().find_map(|r| self.foreign.get(&r.slot())) {
+            None => Ok(o),
+            Some(what) => Err(Skip::new(
                 "route-slot-taken",
                 format!(
-                    "the route slot for {sn} holds a {what} that felt does not own; not replaced"
+                    "the route slot for {} holds a {what} that felt does not own; not replaced",
+                    lease.subnet
                 ),
-            );
-            self.peers.insert(sn, Verdict::Skipped(skip));
+            )),
         }
     }
 
@@ -453,6 +474,12 @@ impl Reconciler {
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
         self.seen = Some(snapshot.clone());
+        self.settled = report.pruned;
+        if report.pruned && report.failed == 0 {
+            if let Some(tx) = self.converged.take() {
+                let _ = tx.send(());
+            }
+        }
     }
 
     fn log_problems(&mut self, skips: &[(Ipv4Net, Skip)]) {
@@ -512,19 +539,39 @@ pub async fn run(
                 Trigger::Snapshot
             }
             _ = tokio::time::sleep_until(next_full.into()) => Trigger::Full,
-            drift = next_drift(&mut changes, &rec) => {
-                if !drift {
+            msg = next_notification(&mut changes) => match msg {
+                Some(msg) => Trigger::Kernel(msg),
+                None => {
+                    tracing::warn!("kernel change notifications lost; subscribing again");
                     changes = subscribe();
+                    Trigger::Full
                 }
-                Trigger::Full
+            },
+        };
+        let full = match trigger {
+            Trigger::Snapshot => !listed,
+            Trigger::Full => true,
+            Trigger::Kernel(msg) => {
+                // Every queued notification is taken in (the foreign slots
+                // stay current); drift in any of them means a full pass,
+                // at once (leading edge; what comes during it, after it).
+                let mut drift = rec.observe(&msg);
+                if let Some(c) = changes.as_mut() {
+                    while let Some(Some(m)) = c.try_next() {
+                        drift |= rec.observe(&m);
+                    }
+                }
+                if !drift {
+                    continue;
+                }
+                true
             }
         };
-        report = match trigger {
-            Trigger::Snapshot if listed => rec.incremental(&snapshot).await,
-            _ => {
-                next_full = Instant::now() + resync;
-                rec.round(&snapshot, listed).await
-            }
+        report = if full {
+            next_full = Instant::now() + resync;
+            rec.round(&snapshot, listed).await
+        } else {
+            rec.incremental(&snapshot).await
         };
     }
 }
@@ -532,6 +579,7 @@ pub async fn run(
 enum Trigger {
     Snapshot,
     Full,
+    Kernel(netlink_packet_route::RouteNetlinkMessage),
 }
 
 fn subscribe() -> Option<Changes> {
@@ -544,24 +592,15 @@ fn subscribe() -> Option<Changes> {
     }
 }
 
-/// Waits for a notification that shows drift, then takes every queued one
-/// with it (the coming full pass covers them all). Returns false when the
-/// subscription was lost (an overrun): the caller subscribes again, and
-/// the full pass it runs makes up for what was missed. Never returns when
-/// notifications are unavailable.
-async fn next_drift(changes: &mut Option<Changes>, rec: &Reconciler) -> bool {
-    let Some(c) = changes.as_mut() else {
-        return std::future::pending().await;
-    };
-    loop {
-        let Some(msg) = c.next().await else {
-            tracing::warn!("kernel change notifications lost; subscribing again");
-            return false;
-        };
-        if rec.is_drift(&msg) {
-            tracing::debug!(?msg, "kernel drift");
-            while let Some(Some(_)) = c.try_next() {}
-            return true;
-        }
+/// The next kernel notification; `None` when the subscription was lost
+/// (an overrun): the caller subscribes again and runs a full pass, which
+/// makes up for what was missed. Never returns when notifications are
+/// unavailable.
+async fn next_notification(
+    changes: &mut Option<Changes>,
+) -> Option<netlink_packet_route::RouteNetlinkMessage> {
+    match changes.as_mut() {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
     }
 }

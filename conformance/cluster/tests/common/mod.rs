@@ -2,8 +2,10 @@
 //! test repeats.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use felt_cluster::process::Daemon;
 use felt_cluster::{Backend, Cluster, Naming, VTEP};
 use felt_common::kernel_monitor::{Event, KernelMonitor, Kind};
+use nix::sys::signal::Signal;
 use std::time::Duration;
 
 /// How long a cluster may take to route between its nodes.
@@ -20,8 +22,14 @@ pub fn require_root() {
 /// A cluster with `nodes` running nodes and `pods` pods on each, routes
 /// converged.
 pub fn cluster(backend: Backend, nodes: usize, pods: usize) -> Cluster {
+    cluster_with(backend, nodes, pods, &[])
+}
+
+/// [`cluster`] with `flags` for every overlayd.
+pub fn cluster_with(backend: Backend, nodes: usize, pods: usize, flags: &[&str]) -> Cluster {
     require_root();
     let mut c = Cluster::start(Naming::test(), backend, None).unwrap();
+    c.set_overlayd_flags(flags);
     let idx = c.add_running_nodes(nodes).unwrap();
     for &n in &idx {
         for _ in 0..pods {
@@ -68,4 +76,40 @@ pub fn monitor_node(c: &Cluster, i: usize, tag: &str) -> KernelMonitor {
     let node = &c.nodes[i];
     let log = c.dir().join(format!("monitor-{}-{tag}.log", node.name));
     KernelMonitor::start(node.ns.name(), &log)
+}
+
+/// `ping -i <interval>` from pod `from` to pod `to` in the background.
+pub fn start_pinger(c: &Cluster, from: usize, to: usize, tag: &str, interval: &str) -> Daemon {
+    let mut cmd = c.pods[from].ns.command("ping");
+    cmd.args(["-n", "-i", interval, &c.pods[to].ip.to_string()]);
+    Daemon::spawn(cmd, "ping", &c.dir().join(format!("ping-{tag}.log"))).unwrap()
+}
+
+/// Stops a pinger; returns (transmitted, received).
+pub fn stop_pinger(pinger: Daemon) -> (u32, u32) {
+    let log = pinger.log_path().to_path_buf();
+    pinger.stop(Signal::SIGINT, Duration::from_secs(2)).unwrap();
+    let text = felt_cluster::process::read_log(&log);
+    // "123 packets transmitted, 123 received, 0% packet loss, time 2460ms"
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let nums: Vec<u32> = line
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// Waits until node `i` answers 200 on /readyz; how long that took.
+pub fn wait_ready(c: &Cluster, i: usize) -> Duration {
+    let node = &c.nodes[i];
+    let mut last = String::new();
+    felt_cluster::wait::wait_for("/readyz 200", CONVERGE, || {
+        let (ok, body) = node.readyz().unwrap_or((false, "no answer".into()));
+        last = body;
+        Ok(ok)
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}: {last}", node.name))
 }
