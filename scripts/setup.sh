@@ -27,6 +27,7 @@ PACKAGES=(
   golang-github-appc-cni-dev    # ... against Debian's libcni (offline)
   containernetworking-plugins   # the reference bridge + host-local (benchmark)
   xz-utils                      # unpacks the test kube-apiserver
+  python3                       # small HTTP probes in tests; local-node.sh
 )
 
 if [ "$(id -u)" -ne 0 ]; then

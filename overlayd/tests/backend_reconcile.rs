@@ -302,3 +302,65 @@ fn direct_routing_uses_the_underlay_for_connected_peers() {
     assert_eq!(r["dev"], "flannel.1");
     assert_eq!(neighbours(&node.ns, "flannel.1").len(), 1);
 }
+
+/// The snapshot after `first` in the same watch: leases it shares with
+/// `first` keep their identity, as a store's consecutive snapshots do.
+fn next(first: &Arc<LeaseSnapshot>, change: impl FnOnce(&mut LeaseSnapshot)) -> Arc<LeaseSnapshot> {
+    let mut s = (**first).clone();
+    change(&mut s);
+    Arc::new(s)
+}
+
+#[test]
+fn incremental_passes_write_only_what_changed_and_leave_nothing_for_a_full_pass() {
+    let node = single_node("rcinc", "192.168.50.1/24");
+    let (o, b, c) = (own(&node, "vxlan"), peer_b(), peer_c());
+    let first = snapshot(&[&o, &b]);
+    let same = next(&first, |_| {});
+    let add_c = next(&same, |s| s.insert(c.clone()));
+    let moved_b = next(&add_c, |s| {
+        s.insert(lease(
+            "10.244.2.0/24",
+            "192.168.50.22",
+            "vxlan",
+            vxlan_data("0a:00:00:00:00:22"),
+        ))
+    });
+    let gone_c = next(&moved_b, |s| {
+        s.remove(&c.subnet);
+    });
+    let (reports, check) = vxlan_incremental(&node, first, vec![same, add_c, moved_b, gone_c]);
+    let applied: Vec<usize> = reports.iter().map(|r| r.applied).collect();
+    // nothing; C's neighbour, FDB, route; B's neighbour replaced in place
+    // with the new MAC, the old MAC's FDB entry gone and the new one set
+    // (its route is unchanged); C's three gone.
+    assert_eq!(applied, vec![0, 3, 3, 3], "{reports:?}");
+    assert!(reports.iter().all(|r| r.failed == 0), "{reports:?}");
+    assert_eq!(check.applied, 0, "a full pass found work left: {check:?}");
+    assert_peer_programmed(&node, "10.244.2.0", "0a:00:00:00:00:22", "192.168.50.22");
+    assert!(route_to(&node.ns, "10.244.3.0/24").is_none());
+    assert_eq!(neighbours(&node.ns, "flannel.1").len(), 1);
+    assert_eq!(fdb(&node.ns, "flannel.1").len(), 1);
+}
+
+#[test]
+fn incremental_pass_refuses_a_newcomer_claiming_a_held_vtep_mac() {
+    let node = single_node("rcmac", "192.168.50.1/24");
+    let (o, b) = (own(&node, "vxlan"), peer_b());
+    let first = snapshot(&[&o, &b]);
+    // Same MAC as B, another address: would steal B's traffic.
+    let thief = lease("10.244.9.0/24", "192.168.50.9", "vxlan", vxlan_data(MAC_B));
+    let with_thief = next(&first, |s| s.insert(thief));
+    let (reports, check) = vxlan_incremental(&node, first, vec![with_thief]);
+    assert_eq!(reports[0].applied, 0, "{reports:?}");
+    assert!(
+        reports[0]
+            .problems
+            .iter()
+            .any(|p| p.contains("10.244.9.0/24") && p.contains("already used")),
+        "{reports:?}"
+    );
+    assert_eq!(check.applied, 0, "{check:?}");
+    assert_peer_programmed(&node, "10.244.2.0", MAC_B, "192.168.50.2");
+    assert!(route_to(&node.ns, "10.244.9.0/24").is_none());
+}

@@ -416,3 +416,64 @@ fn iface_by_address_regex_can_reach_and_public_ip_override() {
     assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).len(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--log-format=json`: every line is one JSON object. A warning with the
+/// same cause (etcd has no config yet, retried every few seconds) is
+/// logged once a minute, not once per retry; /healthz answers meanwhile
+/// and /readyz says what is awaited.
+#[test]
+fn json_logs_and_warnings_once_per_cause() {
+    let ns = TestNetns::new("ljson");
+    let etcd = Etcd::start_in(Some(&ns));
+    let dir = scratch("json");
+    let log = dir.join("overlayd.log");
+    let mut cmd = overlayd(
+        &ns,
+        &etcd,
+        &dir.join("subnet.env"),
+        &[
+            "--log-format=json",
+            "--healthz-port=9102",
+            "--healthz-ip=127.0.0.1",
+        ],
+    );
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let guard = ChildGuard::spawn(cmd, "overlayd");
+    // Retries at 1, 2, 4, 5, 5 s: five attempts in 9 s, one warning.
+    std::thread::sleep(Duration::from_secs(9));
+    let health = ns.exec_ok(&["python3", "-c", HTTP_GET, "http://127.0.0.1:9102/healthz"]);
+    let ready = ns.exec(&["python3", "-c", HTTP_GET, "http://127.0.0.1:9102/readyz"]);
+    drop(guard);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let warnings: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" && l["message"] == "cannot read the network config")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("network config not found"));
+    assert!(health.starts_with("200"), "{health}");
+    let ready = String::from_utf8_lossy(&ready.stdout).into_owned();
+    assert!(
+        ready.starts_with("503") && ready.contains("[-] lease: not yet"),
+        "{ready}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Prints "<status> <body>" of a GET (python3 is on every Debian system
+/// this runs on; the harness's own HTTP client lives in felt-cluster).
+const HTTP_GET: &str = r#"
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=3); print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode()); sys.exit(1)
+"#;

@@ -322,10 +322,15 @@ impl Reconciler {
                 Op::AddRoute(r.clone())
             });
         }
-        // Deletes of routes whose slot is re-set above are redundant (the
-        // replace overwrites them) and would open a window without a route.
+        // Deletes of routes whose slot, or neighbours whose address, is set
+        // again above are redundant (the replace overwrites them in place)
+        // and would open a window without them.
         ops.retain(|op| match op {
             Op::DelRoute(r) => !added.routes.iter().any(|a| a.slot() == r.slot()),
+            Op::DelNeigh(n) => !added
+                .neighbours
+                .iter()
+                .any(|a| a.ifindex == n.ifindex && a.ip == n.ip),
             _ => true,
         });
         ops

@@ -225,6 +225,35 @@ pub fn vxlan_rounds(node: &Node, snapshots: Vec<Arc<LeaseSnapshot>>) -> Vec<Roun
     })
 }
 
+/// Prepares a vxlan backend, runs a full pass on `first`, then one
+/// incremental pass per later snapshot (each a new listing of the same
+/// watch), and finally a full pass on the last snapshot: its report shows
+/// what the incremental passes left undone (nothing, when they were right).
+pub fn vxlan_incremental(
+    node: &Node,
+    first: Arc<LeaseSnapshot>,
+    rest: Vec<Arc<LeaseSnapshot>>,
+) -> (Vec<RoundReport>, RoundReport) {
+    let ext = node.ext.clone();
+    let own = own(node, "vxlan");
+    block_in(&node.ns, move || async move {
+        let mut b = VxlanBackend::new(vxlan_cfg()).unwrap();
+        b.prepare(&ext).await.unwrap();
+        b.configure_own(&own).await.unwrap();
+        let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
+        let mut rec = reconciler(backend, own, NETWORK.parse().unwrap());
+        rec.round(&first, true).await;
+        let mut reports = Vec::new();
+        let mut last = first;
+        for s in rest {
+            reports.push(rec.incremental(&s).await);
+            last = s;
+        }
+        let check = rec.round(&last, true).await;
+        (reports, check)
+    })
+}
+
 pub fn assert_peer_programmed(node: &Node, subnet_addr: &str, mac: &str, public_ip: &str) {
     let neigh = neighbours(&node.ns, "flannel.1");
     let n = neigh
