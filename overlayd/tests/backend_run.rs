@@ -80,11 +80,11 @@ fn run_repairs_hand_made_damage_quickly_and_follows_new_snapshots() {
         // kernel notifications, not the timer.
         let resync = Duration::from_secs(3600);
         let net = NETWORK.parse().unwrap();
-        let task = tokio::spawn(overlayd::reconcile::run(
-            reconciler(backend, o.clone(), net),
-            rx,
-            resync,
-        ));
+        let metrics = Arc::new(overlayd::metrics::Metrics::new());
+        let rec =
+            overlayd::reconcile::Reconciler::new(backend, o.clone(), net, 24, metrics.clone())
+                .unwrap();
+        let task = tokio::spawn(overlayd::reconcile::run(rec, rx, resync));
         let steps: Vec<(Vec<&'static str>, Check)> = vec![
             (
                 vec![],
@@ -135,6 +135,21 @@ fn run_repairs_hand_made_damage_quickly_and_follows_new_snapshots() {
             });
             timings.push(t.await.unwrap());
         }
+        let runs = |pass: &str| {
+            let sample = format!("felt_reconcile_runs_total{{pass=\"{pass}\"}}");
+            overlayd_metric(&metrics, &sample)
+        };
+        // The first listing settles the state (a full pass: the seed
+        // could not prune); the change after it is incremental.
+        let before_listing = runs("full");
+        tx.send(snapshot(&[&o, &b])).unwrap();
+        let settled = async {
+            while runs("full") <= before_listing {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, settled).await.unwrap();
+        let full_before = runs("full");
         tx.send(snapshot(&[&o, &c])).unwrap();
         let n = shared.clone();
         let t = tokio::task::spawn_blocking(move || {
@@ -144,6 +159,14 @@ fn run_repairs_hand_made_damage_quickly_and_follows_new_snapshots() {
             })
         });
         timings.push(t.await.unwrap());
+        // The echo of felt's own writes for the change costs no pass.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            runs("full"),
+            full_before,
+            "felt's own writes triggered a full pass"
+        );
+        assert_eq!(runs("incremental"), 1.0);
         drop(tx);
         let stopped = tokio::time::timeout(PATIENCE, task).await;
         assert!(
@@ -164,4 +187,12 @@ fn run_repairs_hand_made_damage_quickly_and_follows_new_snapshots() {
         let t = t.unwrap_or_else(|| panic!("{name}: not repaired within {PATIENCE:?}"));
         eprintln!("repair latency, {name}: {} ms", t.as_millis());
     }
+}
+
+/// One sample of the metrics' exposition text (0 when absent).
+fn overlayd_metric(m: &overlayd::metrics::Metrics, sample: &str) -> f64 {
+    m.encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0.0)
 }

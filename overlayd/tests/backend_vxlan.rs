@@ -57,6 +57,11 @@ fn device_has_flannel_attributes_address_and_is_up() {
     assert_eq!(info.as_array().unwrap().len(), 1, "{info}");
     assert_eq!(info[0]["local"], "10.244.1.0");
     assert_eq!(info[0]["prefixlen"], 32);
+    // No router advertisements accepted on the VTEP.
+    let ra = node
+        .ns
+        .exec_ok(&["sysctl", "-n", "net.ipv6.conf.flannel.1.accept_ra"]);
+    assert_eq!(ra.trim(), "0");
 }
 
 #[test]
