@@ -7,7 +7,8 @@
 #   2. TCP both ways: each pod runs an echo server, each sends a token to the
 #      other's and must get it back
 #   3. a ClusterIP Service in front of pod B, fetched over HTTP from pod A
-#   4. the API server through the `kubernetes` Service (HTTPS GET /version)
+#   4. the API server through the `kubernetes` Service (HTTPS GET /version with
+#      the pod's service-account token; busybox wget speaks TLS)
 # then deletes everything it made (one namespace), also when a check fails.
 #
 # KUBECTL is the kubectl command to use, as a prefix (word-split), e.g.
@@ -115,9 +116,12 @@ http_ok() {
   [ "$got" = "$3" ] || { log "GET http://$2/ from $1: '$got', wanted '$3'"; return 1; }
 }
 
+# With the pod's service-account token: anonymous requests get 401 on
+# servers run with --authorization-mode=AlwaysAllow (or --anonymous-auth=false).
 api_ok() {
-  local got
-  got=$(in_pod "$1" timeout 10 wget -q --no-check-certificate -O - "https://$2/version") || return 1
+  local got token=/var/run/secrets/kubernetes.io/serviceaccount/token
+  got=$(in_pod "$1" sh -c "timeout 10 wget -q --no-check-certificate --header \"Authorization: Bearer \$(cat $token)\" -O - https://$2/version") ||
+    return 1
   grep -q '"gitVersion"' <<<"$got" || { log "GET https://$2/version from $1: '$got'"; return 1; }
 }
 
