@@ -49,10 +49,17 @@ pub fn kubectl() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `kubectl kustomize DIR`: the YAML stream.
+pub fn render(dir: &Path) -> Result<String> {
+    Ok(run(Command::new(kubectl()?).arg("kustomize").arg(dir))?)
+}
+
 /// `kubectl kustomize DIR`, parsed.
 pub fn kustomize(dir: &Path) -> Result<Manifest> {
-    let out = run(Command::new(kubectl()?).arg("kustomize").arg(dir))?;
-    Manifest::parse(&format!("kubectl kustomize {}", dir.display()), &out)
+    Manifest::parse(
+        &format!("kubectl kustomize {}", dir.display()),
+        &render(dir)?,
+    )
 }
 
 /// The pinned kubernetes-validate in target/deploy-tools/venv.

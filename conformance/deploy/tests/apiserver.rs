@@ -8,21 +8,6 @@
 use felt_deploy::apiserver::ApiServer;
 use felt_deploy::repo::{self, NAMESPACE};
 use felt_deploy::{tools, variants};
-use std::process::Command;
-
-fn rendered(dir: &std::path::Path) -> String {
-    let out = Command::new(tools::kubectl().unwrap())
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[test]
 fn server_side_dry_run_accepts_every_variant_and_rbac_is_exact() {
@@ -36,7 +21,7 @@ fn server_side_dry_run_accepts_every_variant_and_rbac_is_exact() {
         let out = api
             .kubectl(
                 &["apply", "--dry-run=server", "-f", "-"],
-                Some(&rendered(&v.dir)),
+                Some(&tools::render(&v.dir).unwrap()),
             )
             .unwrap_or_else(|e| panic!("{}: {e}", v.name));
         assert!(

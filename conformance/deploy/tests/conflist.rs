@@ -13,15 +13,11 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn plugin(host: &TestNetns, command: &str, pod: &TestNetns, conf: &Value) -> (bool, Value) {
-    let felt = locate_binary("felt", "FELT_BIN").unwrap();
-    let mut child = host
-        .command(&felt.display().to_string())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", "deploy-conflist-test")
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
+/// Runs the felt binary as a runtime does: `cmd` with CNI_* `env`, the
+/// config on stdin. Whether it succeeded, and its stdout as JSON.
+fn call(mut cmd: Command, env: &[(&str, String)], conf: &Value) -> (bool, Value) {
+    let mut child = cmd
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -41,6 +37,24 @@ fn plugin(host: &TestNetns, command: &str, pod: &TestNetns, conf: &Value) -> (bo
         serde_json::from_str(&stdout).unwrap()
     };
     (out.status.success(), v)
+}
+
+fn felt() -> String {
+    locate_binary("felt", "FELT_BIN")
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+fn plugin(host: &TestNetns, command: &str, pod: &TestNetns, conf: &Value) -> (bool, Value) {
+    let env = [
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", "deploy-conflist-test".into()),
+        ("CNI_NETNS", pod.path().display().to_string()),
+        ("CNI_IFNAME", "eth0".into()),
+        ("CNI_PATH", "/opt/cni/bin".into()),
+    ];
+    call(host.command(&felt()), &env, conf)
 }
 
 #[test]
@@ -114,25 +128,13 @@ fn the_configmaps_conflist_works_with_the_felt_plugin() {
 fn the_plugin_supports_the_conflists_cni_version() {
     let m = tools::kustomize(&repo::deploy_dir()).unwrap();
     let conflist: Value = serde_json::from_str(&m.config_data("cni-conf.json").unwrap()).unwrap();
-    let felt = locate_binary("felt", "FELT_BIN").unwrap();
-    let mut child = Command::new(felt)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            json!({"cniVersion": conflist["cniVersion"]})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env = [("CNI_COMMAND", "VERSION".to_string())];
+    let (ok, v) = call(
+        Command::new(felt()),
+        &env,
+        &json!({"cniVersion": conflist["cniVersion"]}),
+    );
+    assert!(ok, "{v}");
     assert!(
         v["supportedVersions"]
             .as_array()

@@ -87,71 +87,53 @@ fn every_variant_renders_into_felts_objects() {
     }
 }
 
-/// kubernetes-validate --strict (unknown fields are errors) against the
-/// schemas of 1.20, what the test servers run, and of 1.28, its newest.
+/// kubernetes-validate --strict (unknown fields are errors) of `yaml`
+/// against the schema of Kubernetes `k8s`: whether it passed, and what it said.
+fn validate(yaml: &str, tag: &str, k8s: &str) -> (bool, String) {
+    let file = std::env::temp_dir().join(format!(
+        "felt-deploy-validate-{tag}-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(tools::validator().unwrap())
+        .args(["--strict", "-k", k8s])
+        .arg(&file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// Against the schemas of 1.20, what the test servers run, and of 1.28,
+/// the validator's newest.
 #[test]
 fn every_variant_validates_against_the_openapi_schema() {
-    let validator = tools::validator().unwrap();
     for v in variants() {
-        let text = Command::new(tools::kubectl().unwrap())
-            .arg("kustomize")
-            .arg(&v.dir)
-            .output()
-            .unwrap();
-        assert!(
-            text.status.success(),
-            "{}: {}",
-            v.name,
-            String::from_utf8_lossy(&text.stderr)
-        );
-        let file = std::env::temp_dir().join(format!(
-            "felt-deploy-validate-{}-{}.yaml",
-            v.name,
-            std::process::id()
-        ));
-        std::fs::write(&file, &text.stdout).unwrap();
+        let yaml = tools::render(&v.dir).unwrap();
         for k8s in ["1.20.0", "1.28.0"] {
-            let out = Command::new(&validator)
-                .args(["--strict", "--quiet", "-k", k8s])
-                .arg(&file)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{} against {k8s}: {}{}",
-                v.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let (ok, said) = validate(&yaml, v.name, k8s);
+            assert!(ok, "{} against {k8s}: {said}", v.name);
         }
-        std::fs::remove_file(&file).unwrap();
     }
 }
 
 /// The schema check is not a formality: a misspelt field fails it.
 #[test]
 fn the_schema_check_rejects_an_unknown_field() {
-    let validator = tools::validator().unwrap();
-    let text = std::fs::read_to_string(repo::deploy_dir().join("felt.yaml"))
+    let yaml = std::fs::read_to_string(repo::deploy_dir().join("felt.yaml"))
         .unwrap()
         .replace(
             "hostNetwork: true",
             "hostNetwork: true\n      hostNetworking: true",
         );
-    let file = std::env::temp_dir().join(format!("felt-deploy-bad-{}.yaml", std::process::id()));
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(&validator)
-        .args(["--strict", "-k", "1.20.0"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&file).unwrap();
-    assert!(
-        !out.status.success(),
-        "a bogus field passed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hostNetworking"));
+    let (ok, said) = validate(&yaml, "bad", "1.20.0");
+    assert!(!ok, "a bogus field passed: {said}");
+    assert!(said.contains("hostNetworking"), "{said}");
 }
 
 /// nodes get/list/watch and nodes/status patch, nothing else: no pods get,
