@@ -15,7 +15,6 @@
 # this machine if it is missing (and says so); touches nothing else here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "fresh-check.sh: run as root (mmdebstrap and chroot need it)" >&2
@@ -50,6 +49,7 @@ trap cleanup EXIT
 echo "== bootstrapping a minimal bookworm root in $root"
 mmdebstrap --variant=apt --quiet bookworm "$root" http://deb.debian.org/debian
 # What the root holds before setup.sh, for the report.
+# shellcheck disable=SC2016 # dpkg-query's own ${Package}, not the shell's
 chroot "$root" dpkg-query -W -f='${Package}\n' | sort > "$work/packages-before.txt"
 
 bind() { # bind SRC DST [ro]
@@ -102,5 +102,6 @@ EOF
 
 echo "== inside the fresh root"
 chroot "$root" /bin/bash /run-check.sh
+# shellcheck disable=SC2016 # dpkg-query's own ${Package}, not the shell's
 chroot "$root" dpkg-query -W -f='${Package}\n' | sort > "$work/packages-after.txt"
 echo "== fresh-check: ok. setup.sh brought $(comm -13 "$work/packages-before.txt" "$work/packages-after.txt" | wc -l) packages onto a root of $(wc -l < "$work/packages-before.txt")"

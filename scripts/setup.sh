@@ -28,7 +28,18 @@ PACKAGES=(
   containernetworking-plugins   # the reference bridge + host-local (benchmark)
   xz-utils                      # unpacks the test kube-apiserver
   python3                       # small HTTP probes in tests; local-node.sh
+  # deploy/: the image, the manifests' tests, the local Kubernetes nodes
+  shellcheck                    # every shell script is checked (conformance/deploy)
+  containerd runc               # throwaway containerd: image import + ctr run; local-node.sh
+  busybox-static                # the image's shell; local-node.sh's busybox image
+  python3-venv                  # the venv of the offline manifest validator
+  curl util-linux               # local-node.sh (curl, nsenter, unshare, findmnt)
 )
+# and the Debian packages the felt image's files come from (deploy/image/contents.txt)
+HERE=$(cd "$(dirname "$0")" && pwd)
+while read -r kind name _; do
+  [ "$kind" = pkg ] && PACKAGES+=("$name")
+done <"$HERE/../deploy/image/contents.txt"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup.sh: run as root (tests create network namespaces; apt installs packages)" >&2
@@ -51,6 +62,31 @@ fi
 # ports: the tests start their own with temp data dirs.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true
+fi
+
+# Tools the deploy/ tests take from outside the system, into target/deploy-tools:
+# - bin/kubectl: Debian's kubernetes-client 1.20 (kustomize built in), unpacked
+#   rather than installed: it cannot be installed beside a `kubectl` package
+#   (both own /usr/bin/kubectl), and the tests want 1.20 whatever else is on PATH
+# - venv/: kubernetes-validate, pinned in conformance/deploy/requirements.txt
+TOOLS=${FELT_DEPLOY_TOOLS:-$HERE/../target/deploy-tools}
+mkdir -p "$TOOLS/bin"
+if ! "$TOOLS/bin/kubectl" version --client 2>/dev/null | grep -q 'GitVersion:"v1\.20\.'; then
+  echo "setup.sh: kubectl 1.20 (Debian kubernetes-client) into $TOOLS/bin"
+  deb=$(mktemp -d)
+  chmod 755 "$deb"   # apt downloads as _apt
+  (cd "$deb" && apt-get download kubernetes-client >/dev/null && dpkg-deb -x kubernetes-client_*.deb x)
+  install -m 0755 "$deb/x/usr/bin/kubectl" "$TOOLS/bin/kubectl.tmp"
+  mv "$TOOLS/bin/kubectl.tmp" "$TOOLS/bin/kubectl"
+  rm -rf "$deb"
+fi
+REQ=$HERE/../conformance/deploy/requirements.txt
+if ! cmp -s "$REQ" "$TOOLS/venv/requirements.txt"; then
+  echo "setup.sh: kubernetes-validate into $TOOLS/venv"
+  rm -rf "$TOOLS/venv"
+  /usr/bin/python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+  cp "$REQ" "$TOOLS/venv/requirements.txt"
 fi
 
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found (install Rust with rustup)" >&2; exit 1; }

@@ -65,7 +65,7 @@ if [ -n "$left" ]; then
   echo "tests left network namespaces behind: $left" >&2
   status=1
 fi
-for p in etcd overlayd iperf3; do
+for p in etcd overlayd iperf3 containerd kubelet; do
   if pgrep -x "$p" >/dev/null; then
     echo "tests left processes behind:" >&2
     pgrep -a -x "$p" >&2
