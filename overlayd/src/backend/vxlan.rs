@@ -374,9 +374,16 @@ fn set_sysctl(path: &str, value: &str) -> Result<bool, BackendError> {
     let full = format!("/proc/sys/{path}");
     match std::fs::read_to_string(&full) {
         Ok(cur) if cur.trim() == value => Ok(false),
-        Ok(_) => std::fs::write(&full, value)
-            .map(|_| true)
-            .map_err(|e| BackendError::Config(format!("cannot write {full}: {e}"))),
+        Ok(_) => match std::fs::write(&full, value) {
+            Ok(()) => Ok(true),
+            // A container without privileges sees /proc/sys read-only:
+            // the setting is hardening, not needed for traffic.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+                tracing::warn!(path = %full, error = %e, "cannot set {value}; continuing without");
+                Ok(false)
+            }
+            Err(e) => Err(BackendError::Config(format!("cannot write {full}: {e}"))),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(BackendError::Config(format!("cannot read {full}: {e}"))),
     }
