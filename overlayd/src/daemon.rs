@@ -9,6 +9,7 @@
 use crate::backend::{self, BackendError, ExternalInterface, Prepared};
 use crate::cli::Flags;
 use crate::config::{self, ConfigError, NetworkConfig};
+use crate::firewall::{self, Firewall, FirewallError, Mode, RuleSet};
 use crate::health::readiness::{Condition, Readiness};
 use crate::health::{self, Endpoints, HealthError};
 use crate::iface::{self, IfaceError, Selector};
@@ -50,6 +51,8 @@ pub enum DaemonError {
     Reconcile(#[from] ReconcileError),
     #[error(transparent)]
     Health(#[from] HealthError),
+    #[error("masquerade/forward rules: {0}")]
+    Firewall(#[from] FirewallError),
     #[error("{0} stopped unexpectedly")]
     TaskEnded(&'static str),
 }
@@ -140,7 +143,18 @@ async fn start(
     tracing::info!(subnet = %lease.subnet, "lease acquired");
     lease_held(&shared, &lease);
     backend.configure_own(&lease).await?;
-    shared.readiness.ok(Condition::Rules, "none managed");
+    let rules = RuleSet {
+        network,
+        pod_subnet: lease.subnet,
+        masquerade: flags.ip_masq,
+        forward: flags.iptables_forward_rules,
+    };
+    let mode = if cfg.enable_nftables {
+        Mode::Nftables
+    } else {
+        Mode::Iptables
+    };
+    let firewall = start_firewall(&rules, mode, &shared).await?;
     write_subnet_file(
         &flags.subnet_file,
         &cfg,
@@ -170,6 +184,16 @@ async fn start(
         rx.clone(),
         shared.clone(),
     ));
+    let _rules = firewall.map(|fw| {
+        let every = Duration::from_secs(flags.iptables_resync);
+        tokio::spawn(firewall::keep(
+            fw,
+            rules,
+            every,
+            shared.metrics.clone(),
+            shared.readiness.clone(),
+        ))
+    });
     tokio::select! {
         r = reconcile::run(rec, rx, flags.resync_interval) => {
             r?;
@@ -184,6 +208,28 @@ async fn start(
             _ => Err(DaemonError::TaskEnded("lease renewal")),
         },
     }
+}
+
+/// Installs the masquerade/forward rules once (before subnet.env, so the
+/// first pod's traffic is masqueraded) and returns the backend to keep
+/// them with. Missing tools are fatal when rules are wanted; when none are,
+/// felt still removes its own (and flannel's) if it can.
+async fn start_firewall(
+    rules: &RuleSet,
+    mode: Mode,
+    shared: &Shared,
+) -> Result<Option<Arc<dyn Firewall>>, DaemonError> {
+    let wanted = rules.masquerade || rules.forward;
+    let fw: Arc<dyn Firewall> = match firewall::build(mode).await {
+        Ok(fw) => Arc::from(fw),
+        Err(FirewallError::Missing { .. }) if !wanted => {
+            shared.readiness.ok(Condition::Rules, "none wanted");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    firewall::apply_once(fw.as_ref(), rules, &shared.metrics, &shared.readiness).await;
+    Ok(Some(fw))
 }
 
 /// Once the peers are routed, tells the store (kube: the Node condition

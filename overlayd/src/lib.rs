@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod firewall;
 pub mod health;
 pub mod iface;
 pub mod kernel;

@@ -20,7 +20,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if flags.uninstall_rules {
+        return runtime.block_on(uninstall_rules());
+    }
     runtime.block_on(run(flags))
+}
+
+/// `--uninstall-rules`: every masquerade/forward rule felt or flannel
+/// installed goes, in both modes; nothing else is touched.
+async fn uninstall_rules() -> ExitCode {
+    let errors = overlayd::firewall::uninstall_all().await;
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    if errors.is_empty() {
+        tracing::info!("masquerade and forward rules removed");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(flags: Flags) -> ExitCode {

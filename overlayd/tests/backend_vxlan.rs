@@ -60,7 +60,7 @@ fn device_has_flannel_attributes_address_and_is_up() {
     // No router advertisements accepted on the VTEP.
     let ra = node
         .ns
-        .exec_ok(&["sysctl", "-n", "net.ipv6.conf.flannel.1.accept_ra"]);
+        .exec_ok(&["cat", "/proc/sys/net/ipv6/conf/flannel.1/accept_ra"]);
     assert_eq!(ra.trim(), "0");
 }
 

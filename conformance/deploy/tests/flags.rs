@@ -39,11 +39,11 @@ fn daemonset_command_line_parses_with_overlayds_flags() {
         assert_ne!(port, 0, "{}: health endpoint off", v.name);
         assert_eq!(
             probe(&m, "livenessProbe"),
-            (f.healthz_ip.clone(), "/healthz".into(), port)
+            (f.healthz_ip.to_string(), "/healthz".into(), port)
         );
         assert_eq!(
             probe(&m, "readinessProbe"),
-            (f.healthz_ip.clone(), "/readyz".into(), port)
+            (f.healthz_ip.to_string(), "/readyz".into(), port)
         );
     }
 }

@@ -378,7 +378,12 @@ fn set_sysctl(path: &str, value: &str) -> Result<bool, BackendError> {
             Ok(()) => Ok(true),
             // A container without privileges sees /proc/sys read-only:
             // the setting is hardening, not needed for traffic.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS | libc::EACCES | libc::EPERM)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+            {
                 tracing::warn!(path = %full, error = %e, "cannot set {value}; continuing without");
                 Ok(false)
             }
