@@ -194,6 +194,78 @@ impl Drop for KernelMonitor {
     }
 }
 
+/// `nft monitor ruleset` running inside a namespace, killed on drop: every
+/// change to its nftables ruleset, iptables-nft's tables included.
+pub struct NftMonitor {
+    child: Child,
+    log: PathBuf,
+}
+
+impl NftMonitor {
+    /// Starts it and returns once it provably sees changes (a marker
+    /// table added after it started was reported).
+    pub fn start(netns: &str, log: &Path) -> Self {
+        let out = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "nft", "monitor", "ruleset"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nft monitor in {netns}: {e}"));
+        let m = NftMonitor {
+            child,
+            log: log.to_path_buf(),
+        };
+        let nft = |verb: &str| {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", netns, "nft", verb, "table", "inet", NFT_MARKER,
+                ])
+                .stderr(Stdio::null())
+                .status()
+        };
+        let start = Instant::now();
+        while !m.all().iter().any(|l| l.contains(NFT_MARKER)) {
+            let _ = nft("add");
+            let _ = nft("delete");
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nft monitor in {netns} never reported the marker table"
+            );
+        }
+        m
+    }
+
+    fn all(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// Every change reported so far, the marker's left out.
+    pub fn changes(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|l| !l.contains(NFT_MARKER))
+            .collect()
+    }
+}
+
+const NFT_MARKER: &str = "felt_monitor_marker";
+
+impl Drop for NftMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

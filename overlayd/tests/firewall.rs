@@ -10,7 +10,8 @@
 mod backend_util;
 
 use backend_util::block_in;
-use felt_common::testutil::{ChildGuard, TestNetns};
+use felt_common::kernel_monitor::NftMonitor;
+use felt_common::testutil::TestNetns;
 use overlayd::firewall::{self, Firewall, Mode, Outcome, RuleSet};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -91,61 +92,19 @@ fn ruleset(ns: &TestNetns) -> Vec<String> {
     lines
 }
 
-/// `nft monitor` in `ns`: every ruleset change from now on.
-struct NftMonitor {
-    _child: ChildGuard,
-    log: std::path::PathBuf,
-}
-
-impl NftMonitor {
-    fn start(ns: &TestNetns) -> Self {
-        let log = std::env::temp_dir().join(format!("{}-nft-monitor.log", ns.name));
-        let mut cmd = ns.command("nft");
-        cmd.args(["monitor", "ruleset"])
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null());
-        let child = ChildGuard::spawn(cmd, "nft monitor");
-        // The monitor is listening once it reports a change made after it
-        // started: add (and drop) a marker table until it does.
-        let seen = backend_util::wait_until(Duration::from_secs(20), || {
-            ns.exec_ok(&["nft", "add", "table", "inet", "felt_marker"]);
-            ns.exec_ok(&["nft", "delete", "table", "inet", "felt_marker"]);
-            std::thread::sleep(Duration::from_millis(50));
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("felt_marker")
-        });
-        assert!(seen.is_some(), "nft monitor never reported the marker");
-        NftMonitor { _child: child, log }
-    }
-
-    /// Changes seen, the marker's left out.
-    fn changes(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.contains("felt_marker") && !l.trim().is_empty())
-            .map(String::from)
-            .collect()
-    }
-}
-
-impl Drop for NftMonitor {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
 fn install_then_unchanged(mode: Mode) -> TestNetns {
     let ns = TestNetns::new(&format!("fw{}", &mode.name()[..3]));
     assert_eq!(ensure(&ns, mode, &rules()), Outcome::Installed);
     let installed = ruleset(&ns);
-    let monitor = NftMonitor::start(&ns);
+    let log = std::env::temp_dir().join(format!("{}-nft.log", ns.name));
+    let monitor = NftMonitor::start(&ns.name, &log);
     assert_eq!(ensure(&ns, mode, &rules()), Outcome::Unchanged);
     assert_eq!(ensure(&ns, mode, &rules()), Outcome::Unchanged);
     std::thread::sleep(Duration::from_millis(200));
     assert!(monitor.changes().is_empty(), "{:?}", monitor.changes());
     assert_eq!(ruleset(&ns), installed);
+    drop(monitor);
+    let _ = std::fs::remove_file(&log);
     ns
 }
 

@@ -19,6 +19,7 @@ pub mod pod;
 pub mod process;
 pub mod stream;
 pub mod tcp;
+pub mod udp;
 pub mod wait;
 
 pub use cluster::{net_conf, underlay_ip, Backend, Cluster, ETCD_PREFIX, NETWORK};
