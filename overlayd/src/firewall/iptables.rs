@@ -1,9 +1,11 @@
 //! iptables mode: flannel's chains and rules, byte for byte as flannel
 //! writes them (so a node switched from flannel keeps exactly its rules,
 //! and one switched back finds flannel's own), applied per table as one
-//! `iptables-restore --noflush` transaction. The check compares felt's
-//! chain with the rules as `iptables-save` prints them (which is exactly
-//! the restore input) and counts the jumps to it (exactly one).
+//! `iptables-restore --noflush` transaction. The check lists felt's chain
+//! and the built-in chain that jumps to it with `iptables -S <chain>` (the
+//! rules print exactly as the restore input) and counts the jumps (exactly
+//! one). It never lists a whole table: with kube-proxy's thousands of
+//! rules, `iptables-save -t nat` takes most of a second.
 //!
 //! Which iptables: the one kube-proxy uses (legacy or nft; two sets of
 //! rules in two backends is flannel #1317), told by where its KUBE-*
@@ -94,25 +96,26 @@ pub struct Found {
     pub jumps: Vec<String>,
 }
 
-/// Reads `chain` and the jumps to it out of `iptables-save -t <table>` text.
-pub fn find(save: &str, c: &ChainRules) -> Found {
-    let mut f = Found::default();
-    let decl = format!(":{} ", c.chain);
+/// Reads felt's chain and the jumps to it from `iptables -S` listings of
+/// the chain (`None`: it does not exist) and of its hook chain.
+pub fn find(chain: Option<&str>, hook: &str, c: &ChainRules) -> Found {
     let rule = format!("-A {} ", c.chain);
-    let hook = format!("-A {} ", c.hook);
     let target = format!("-j {}", c.chain);
-    for line in save.lines() {
-        if line.starts_with(&decl) {
-            f.declared = true;
-        } else if line.starts_with(&rule) {
-            f.rules.push(line.to_string());
-        } else if line.starts_with(&hook)
-            && (line.ends_with(&target) || line.contains(&format!("{target} ")))
-        {
-            f.jumps.push(line.to_string());
-        }
+    let jumps = format!("-A {} ", c.hook);
+    Found {
+        declared: chain.is_some(),
+        rules: chain
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.starts_with(&rule))
+            .map(String::from)
+            .collect(),
+        jumps: hook
+            .lines()
+            .filter(|l| l.starts_with(&jumps) && (l.ends_with(&target) || l.contains(&format!("{target} "))))
+            .map(String::from)
+            .collect(),
     }
-    f
 }
 
 /// The restore lines that make `found` into `want` (none if it is already).
@@ -150,105 +153,124 @@ pub fn repair(found: &Found, want: &ChainRules) -> Vec<String> {
     lines
 }
 
-/// An iptables backend: the save and restore binaries to use.
+/// An iptables backend: the list and restore binaries to use.
 pub struct Iptables {
-    save: &'static str,
+    list: &'static str,
     restore: &'static str,
     cleaned: AtomicBool,
     /// Set once this process has written the rules.
     wrote: AtomicBool,
 }
 
+/// (iptables, iptables-restore) of the system default, the nft variant
+/// and the legacy one.
 const VARIANTS: [(&str, &str); 3] = [
-    ("iptables-save", "iptables-restore"),
-    ("iptables-nft-save", "iptables-nft-restore"),
-    ("iptables-legacy-save", "iptables-legacy-restore"),
+    ("iptables", "iptables-restore"),
+    ("iptables-nft", "iptables-nft-restore"),
+    ("iptables-legacy", "iptables-legacy-restore"),
 ];
 
+fn variant(v: (&'static str, &'static str)) -> Iptables {
+    Iptables {
+        list: v.0,
+        restore: v.1,
+        cleaned: AtomicBool::new(false),
+        wrote: AtomicBool::new(false),
+    }
+}
+
 impl Iptables {
-    /// Picks the variant that holds kube-proxy's chains, else the default.
+    /// Picks the variant whose tables hold kube-proxy's chain, else the
+    /// system default.
     pub async fn detect() -> Result<Self, FirewallError> {
-        let mut best: Option<(usize, (&'static str, &'static str))> = None;
-        for v in VARIANTS
+        let installed_ones: Vec<(&'static str, &'static str)> = VARIANTS
             .iter()
-            .filter(|(s, r)| installed(s) && installed(r))
-        {
-            let kube = match run(v.0, &[], None, "iptables").await {
-                Ok(text) => text.lines().filter(|l| l.contains("KUBE-")).count(),
-                Err(_) => continue,
-            };
-            // The plain name (the system default) wins ties.
-            if best.is_none_or(|(n, _)| kube > n) {
-                best = Some((kube, *v));
+            .copied()
+            .filter(|(l, r)| installed(l) && installed(r))
+            .collect();
+        let mut with_kube = Vec::new();
+        for v in installed_ones.iter().skip_while(|v| v.0 == "iptables") {
+            if variant(*v).listing("nat", "KUBE-POSTROUTING").await?.is_some() {
+                with_kube.push(*v);
             }
         }
-        let (_, (save, restore)) = best.ok_or_else(|| FirewallError::Missing {
+        let pick = match with_kube.as_slice() {
+            [only] => Some(*only),
+            _ => installed_ones.first().copied(),
+        };
+        let v = pick.ok_or_else(|| FirewallError::Missing {
             binary: "iptables-restore".into(),
             package: "iptables",
             mode: "iptables",
         })?;
-        Ok(Iptables {
-            save,
-            restore,
-            cleaned: AtomicBool::new(false),
-            wrote: AtomicBool::new(false),
-        })
+        tracing::debug!(iptables = v.0, "iptables variant");
+        Ok(variant(v))
     }
 
-    async fn save(&self, table: &str) -> Result<String, FirewallError> {
-        run(self.save, &["-t", table], None, "iptables").await
+    /// `iptables -t <table> -S <chain>`; `None` when the chain does not exist.
+    async fn listing(&self, table: &str, chain: &str) -> Result<Option<String>, FirewallError> {
+        match run(self.list, &["-w", "5", "-t", table, "-S", chain], None, "iptables").await {
+            Ok(text) => Ok(Some(text)),
+            // iptables-nft says "incompatible" when the table itself does
+            // not exist yet (nothing has used it in this namespace).
+            Err(FirewallError::Command { detail, .. })
+                if ["No chain/target/match", "does not exist", "is incompatible"]
+                    .iter()
+                    .any(|m| detail.contains(m)) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn found(&self, c: &ChainRules) -> Result<Found, FirewallError> {
+        let chain = self.listing(c.table, c.chain).await?;
+        let hook = self.listing(c.table, c.hook).await?.unwrap_or_default();
+        Ok(find(chain.as_deref(), &hook, c))
     }
 
     async fn restore(&self, table: &str, lines: &[String]) -> Result<(), FirewallError> {
         let input = format!("*{table}\n{}\nCOMMIT\n", lines.join("\n"));
-        run(
-            self.restore,
-            &["--noflush", "-w", "5"],
-            Some(&input),
-            "iptables",
-        )
-        .await
-        .map(|_| ())
+        run(self.restore, &["--noflush", "-w", "5"], Some(&input), "iptables")
+            .await
+            .map(|_| ())
     }
 
-    /// Makes felt's chains match `rules`; true when anything was written.
-    async fn converge(&self, rules: &RuleSet) -> Result<bool, FirewallError> {
-        let mut wrote = false;
+    /// Makes felt's chains match `rules`: whether anything was written,
+    /// and whether nothing of felt's was there before.
+    async fn converge(&self, rules: &RuleSet) -> Result<(bool, bool), FirewallError> {
+        let (mut wrote, mut nothing_before) = (false, true);
         for want in chains(rules) {
-            let found = find(&self.save(want.table).await?, &want);
+            let found = self.found(&want).await?;
+            nothing_before &= !found.declared && found.jumps.is_empty();
             let lines = repair(&found, &want);
             if !lines.is_empty() {
                 self.restore(want.table, &lines).await?;
                 wrote = true;
             }
         }
-        Ok(wrote)
+        Ok((wrote, nothing_before))
     }
 }
 
-/// Removes felt's (flannel's) iptables chains from every installed
-/// variant: when the node runs nftables mode. True when any was there.
-pub async fn remove_leftovers() -> Result<bool, FirewallError> {
-    let none = RuleSet {
+/// No rules at all: what converging to removes felt's chains.
+fn no_rules() -> RuleSet {
+    RuleSet {
         masquerade: false,
         forward: false,
         network: ipnet::Ipv4Net::default(),
         pod_subnet: ipnet::Ipv4Net::default(),
-    };
+    }
+}
+
+/// Removes felt's (flannel's) iptables chains from both variants: when
+/// the node runs nftables mode. True when any was there.
+pub async fn remove_leftovers() -> Result<bool, FirewallError> {
     let mut removed = false;
-    for (save, restore) in VARIANTS
-        .iter()
-        .skip(1)
-        .filter(|(s, r)| installed(s) && installed(r))
-    {
-        let ipt = Iptables {
-            save,
-            restore,
-            cleaned: AtomicBool::new(true),
-            wrote: AtomicBool::new(false),
-        };
-        if ipt.converge(&none).await? {
-            tracing::info!(variant = save, "removed flannel's iptables chains");
+    for v in VARIANTS.iter().skip(1).filter(|(l, r)| installed(l) && installed(r)) {
+        if variant(*v).converge(&no_rules()).await?.0 {
+            tracing::info!(variant = v.0, "removed flannel's iptables chains");
             removed = true;
         }
     }
@@ -283,46 +305,20 @@ impl super::Firewall for Iptables {
             }
             self.cleaned.store(true, Ordering::SeqCst);
         }
-        let before: Vec<Found> = {
-            let mut v = Vec::new();
-            for want in chains(rules) {
-                v.push(find(&self.save(want.table).await?, &want));
-            }
-            v
-        };
-        let nothing_before = before.iter().all(|f| !f.declared && f.jumps.is_empty());
-        if !self.converge(rules).await? {
+        let (wrote, nothing_before) = self.converge(rules).await?;
+        if !wrote {
             if rules.masquerade || rules.forward {
                 self.wrote.store(true, Ordering::SeqCst);
             }
-            return Ok(if repaired {
-                Outcome::Repaired
-            } else {
-                Outcome::Unchanged
-            });
+            return Ok(if repaired { Outcome::Repaired } else { Outcome::Unchanged });
         }
         Ok(written(nothing_before && !repaired, &self.wrote))
     }
 
     async fn uninstall(&self) -> Vec<FirewallError> {
-        let none = RuleSet {
-            masquerade: false,
-            forward: false,
-            network: ipnet::Ipv4Net::default(),
-            pod_subnet: ipnet::Ipv4Net::default(),
-        };
         let mut errors = Vec::new();
-        for (save, restore) in VARIANTS
-            .iter()
-            .filter(|(s, r)| installed(s) && installed(r))
-        {
-            let ipt = Iptables {
-                save,
-                restore,
-                cleaned: AtomicBool::new(true),
-                wrote: AtomicBool::new(false),
-            };
-            if let Err(e) = ipt.converge(&none).await {
+        for v in VARIANTS.iter().skip(1).filter(|(l, r)| installed(l) && installed(r)) {
+            if let Err(e) = variant(*v).converge(&no_rules()).await {
                 errors.push(e);
             }
         }
@@ -373,46 +369,29 @@ mod tests {
     #[test]
     fn repair_table() {
         let [nat, _] = chains(&rules());
-        let save = |extra: &str| {
-            format!(
-                "*nat\n:POSTROUTING ACCEPT [0:0]\n:FLANNEL-POSTRTG - [0:0]\n{}\n{}\n-A POSTROUTING -j KUBE-POSTROUTING\n{extra}COMMIT\n",
-                nat.jump,
-                nat.rules.join("\n")
-            )
-        };
+        let chain = format!("-N FLANNEL-POSTRTG\n{}\n", nat.rules.join("\n"));
+        let hook = |extra: &str| format!("-P POSTROUTING ACCEPT\n{}\n-A POSTROUTING -j KUBE-POSTROUTING\n{extra}", nat.jump);
         // Exactly right: nothing to do, whatever else is there.
-        assert!(repair(&find(&save(""), &nat), &nat).is_empty());
+        assert!(repair(&find(Some(&chain), &hook(""), &nat), &nat).is_empty());
         // A rule gone: the chain is rewritten, the jump left alone.
-        let one_less = save("").replace(&format!("{}\n", nat.rules[2]), "");
-        let lines = repair(&find(&one_less, &nat), &nat);
-        assert_eq!(
-            lines[..2],
-            [
-                ":FLANNEL-POSTRTG - [0:0]".to_string(),
-                "-F FLANNEL-POSTRTG".into()
-            ]
-        );
+        let one_less = chain.replace(&format!("{}\n", nat.rules[2]), "");
+        let lines = repair(&find(Some(&one_less), &hook(""), &nat), &nat);
+        assert_eq!(lines[..2], [":FLANNEL-POSTRTG - [0:0]".to_string(), "-F FLANNEL-POSTRTG".into()]);
         assert_eq!(lines.len(), 2 + 6);
         // A second jump: both deleted, one inserted first.
-        let doubled = save(&format!("{}\n", nat.jump));
-        let lines = repair(&find(&doubled, &nat), &nat);
-        assert_eq!(
-            lines
-                .iter()
-                .filter(|l| l.starts_with("-D POSTROUTING"))
-                .count(),
-            2
-        );
-        assert_eq!(
-            lines.last().unwrap(),
-            "-I POSTROUTING 1 -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"
-        );
+        let doubled = hook(&format!("{}\n", nat.jump));
+        let lines = repair(&find(Some(&chain), &doubled, &nat), &nat);
+        assert_eq!(lines.iter().filter(|l| l.starts_with("-D POSTROUTING")).count(), 2);
+        assert_eq!(lines.last().unwrap(), "-I POSTROUTING 1 -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG");
+        // The chain missing altogether: declared, filled, jumped to.
+        let lines = repair(&find(None, "-P POSTROUTING ACCEPT\n", &nat), &nat);
+        assert_eq!(lines.len(), 2 + 6 + 1);
         // Not wanted: jump, rules and chain go; KUBE-* stays.
         let none = ChainRules {
             rules: Vec::new(),
             ..nat.clone()
         };
-        let lines = repair(&find(&save(""), &none), &none);
+        let lines = repair(&find(Some(&chain), &hook(""), &none), &none);
         assert_eq!(
             lines,
             [
