@@ -5,6 +5,7 @@
 //! only the reconciler (`crate::reconcile`) writes peer state to the kernel.
 
 pub mod hostgw;
+pub mod udp;
 pub mod vxlan;
 
 use crate::config::BackendConfig;
