@@ -53,6 +53,30 @@ impl Features {
     }
 }
 
+/// The benchmark ladder: each rung adds one technique to the one before.
+pub fn ladder() -> [(&'static str, Features); 4] {
+    let mq = Features {
+        queues: default_queues().max(2),
+        ..Features::PLAIN
+    };
+    let batch = Features {
+        batching: true,
+        ..mq
+    };
+    let offload = Features {
+        offload: true,
+        udp_gso: true,
+        udp_gro: true,
+        ..batch
+    };
+    [
+        ("plain", Features::PLAIN),
+        ("+multiqueue", mq),
+        ("+batching", batch),
+        ("+offloads", offload),
+    ]
+}
+
 impl Default for Features {
     fn default() -> Self {
         Features::all()

@@ -20,7 +20,7 @@ mod tx;
 pub mod wire;
 mod worker;
 
-pub use engine::{default_queues, Active, Engine, EngineConfig, Features};
+pub use engine::{default_queues, ladder, Active, Engine, EngineConfig, Features};
 pub use peers::PeerRejected;
 pub use stats::{DropReason, Histogram, StatsSnapshot, BUCKET_LOW};
 pub use tun::remove_persistent;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum DropReason {
     /// Datagram or TUN read shorter than an IPv4 header.
     Runt,
-    /// IP version is not 4 (TUN side: also IPv6 the kernel routes to us).
+    /// Datagram whose IP version is not 4.
     NotIpv4,
     /// IHL < 5, or a header longer than the datagram.
     BadHeaderLen,
@@ -26,6 +26,8 @@ pub enum DropReason {
     Oversize,
     /// TTL reached 0 (either direction).
     TtlExpired,
+    /// TUN->UDP: not IPv4 (the kernel's IPv6 link-local chatter on flannel0).
+    TunNotIpv4,
     /// TUN->UDP: destination in our own subnet (it belongs on cni0).
     OwnSubnet,
     /// TUN->UDP: destination outside the Network.
@@ -42,7 +44,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Runt,
         DropReason::NotIpv4,
         DropReason::BadHeaderLen,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::UnknownSender,
         DropReason::Oversize,
         DropReason::TtlExpired,
+        DropReason::TunNotIpv4,
         DropReason::OwnSubnet,
         DropReason::OutsideNetwork,
         DropReason::NoRoute,
@@ -72,6 +75,7 @@ impl DropReason {
             DropReason::UnknownSender => "unknown_sender",
             DropReason::Oversize => "oversize",
             DropReason::TtlExpired => "ttl_expired",
+            DropReason::TunNotIpv4 => "tun_not_ipv4",
             DropReason::OwnSubnet => "own_subnet",
             DropReason::OutsideNetwork => "outside_network",
             DropReason::NoRoute => "no_route",
@@ -237,6 +241,13 @@ impl StatsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_index_their_own_slot() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{}", r.name());
+        }
+    }
 
     #[test]
     fn buckets_are_powers_of_two() {

@@ -182,7 +182,7 @@ fn route(
         return Err(DropReason::Runt);
     }
     if pkt[0] >> 4 != 4 {
-        return Err(DropReason::NotIpv4);
+        return Err(DropReason::TunNotIpv4);
     }
     let d = wire::dst_u32(pkt);
     let own = ctx.topo.own();

@@ -155,21 +155,28 @@ pub fn check_inbound(pkt: &[u8], own: (u32, u32)) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// Whether flannel answers this offending packet with net-unreachable:
-/// not for ICMP (RFC 792 loops), not for non-first fragments, not for a
-/// header of 60 bytes or more (its quote buffer), nor for a header longer
-/// than the packet (ours: flannel would quote stale buffer bytes).
+/// Whether this offending packet is answered with net-unreachable.
+/// flannel's rule: not for non-first fragments, not for a header of 60
+/// bytes or more (its quote buffer), and never about ICMP. We differ in
+/// one point: ICMP queries (echo, timestamp, information, address mask
+/// requests) are answered, so `ping` reports "Destination Net
+/// Unreachable"; ICMP errors and replies never are (RFC 1122 3.2.2).
+/// Also not for a header longer than the packet (flannel would quote
+/// stale buffer bytes).
 pub fn wants_unreachable(pkt: &[u8]) -> bool {
     if pkt.len() < IPV4_MIN_HDR {
         return false;
     }
     let hl = ihl(pkt);
     let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
-    (IPV4_MIN_HDR..ICMP_QUOTE_MAX_IHL).contains(&hl)
-        && hl <= pkt.len()
-        && pkt[9] != PROTO_ICMP
-        && frag_offset == 0
+    if !(IPV4_MIN_HDR..ICMP_QUOTE_MAX_IHL).contains(&hl) || hl > pkt.len() || frag_offset != 0 {
+        return false;
+    }
+    pkt[9] != PROTO_ICMP || pkt.get(hl).is_some_and(|t| ICMP_QUERIES.contains(t))
 }
+
+/// ICMP request types: echo, timestamp, information, address mask.
+const ICMP_QUERIES: [u8; 4] = [8, 13, 15, 17];
 
 /// Builds flannel's ICMP type 3 code 0 for `offender` into `out` and
 /// returns its length: IPv4 header (TTL 8, id 0, no DF, source = the TUN

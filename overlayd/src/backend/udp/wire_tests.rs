@@ -128,7 +128,21 @@ fn net_unreachable_follows_flannels_exceptions() {
         f(&mut p);
         wants_unreachable(&p)
     };
-    assert!(!with(&|p| p[9] = PROTO_ICMP), "never about ICMP");
+    let icmp = |t: u8| {
+        with(&|p: &mut Vec<u8>| {
+            p[9] = PROTO_ICMP;
+            p[20] = t;
+        })
+    };
+    assert!(icmp(8), "echo request is answered (flannel: not)");
+    assert!(
+        !icmp(0) && !icmp(3) && !icmp(11),
+        "never about ICMP replies or errors"
+    );
+    assert!(!with(&|p| {
+        p[9] = PROTO_ICMP;
+        p.truncate(20);
+    }));
     assert!(!with(&|p| p[7] = 1), "not for a non-first fragment");
     assert!(with(&|p| p[6] = 0x20), "first fragment (MF) is answered");
     // 60-byte headers are refused by flannel; 56 is answered.
