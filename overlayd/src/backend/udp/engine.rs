@@ -1,5 +1,6 @@
 //! The engine: attaches the TUN, binds the socket, probes what the kernel
-//! offers, and runs one TUN->UDP and one UDP->TUN thread per TUN queue.
+//! offers, and runs one TUN->UDP thread per TUN queue and one UDP->TUN
+//! thread.
 
 use super::peers::{PeerCell, PeerRejected, PeerTable, Topology};
 use super::socket::UdpSock;
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 /// back on its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
-    /// TUN queues (IFF_MULTI_QUEUE when > 1), one thread pair each.
+    /// TUN queues (IFF_MULTI_QUEUE when > 1), one reading thread each.
     pub queues: usize,
     /// recvmmsg/sendmmsg and several TUN reads per wakeup.
     pub batching: bool,
@@ -191,25 +192,18 @@ impl Engine {
             vnet: tun.info.vnet_hdr,
             gso: active.udp_gso,
         };
-        for (q, queue) in tun.queues.into_iter().enumerate() {
-            let queue = Arc::new(queue);
-            engine.spawn(
-                &cfg,
-                mode,
-                format!("udp-tx-{q}"),
-                queue.clone(),
-                sock.clone(),
-                tx::run,
-            )?;
-            engine.spawn(
-                &cfg,
-                mode,
-                format!("udp-rx-{q}"),
-                queue,
-                sock.clone(),
-                rx::run,
-            )?;
+        let queues: Vec<Arc<File>> = tun.queues.into_iter().map(Arc::new).collect();
+        for (q, queue) in queues.iter().enumerate() {
+            let (queue, sock) = (queue.clone(), sock.clone());
+            engine.spawn(&cfg, mode, format!("udp-tx-{q}"), move |ctx| {
+                tx::run(ctx, queue, sock)
+            })?;
         }
+        // One receiver: all traffic between two nodes is one outer 5-tuple,
+        // and two threads on one socket would reorder a TCP stream.
+        engine.spawn(&cfg, mode, "udp-rx".into(), move |ctx| {
+            rx::run(ctx, queues, sock)
+        })?;
         Ok(engine)
     }
 
@@ -218,9 +212,7 @@ impl Engine {
         cfg: &EngineConfig,
         mode: Mode,
         name: String,
-        tun: Arc<File>,
-        sock: Arc<File>,
-        body: fn(Ctx, Arc<File>, Arc<File>),
+        body: impl FnOnce(Ctx) + Send + 'static,
     ) -> Result<(), UdpError> {
         let stats = Arc::new(Shared::default());
         self.stats.push(stats.clone());
@@ -236,7 +228,7 @@ impl Engine {
         };
         let handle = std::thread::Builder::new()
             .name(name)
-            .spawn(move || body(ctx, tun, sock))
+            .spawn(move || body(ctx))
             .map_err(|source| UdpError::Thread { source })?;
         self.threads.push(handle);
         Ok(())

@@ -255,6 +255,11 @@ impl Coalescer {
         }
     }
 
+    /// The first packet of a group (headers already patched).
+    pub fn head<'a>(&self, bufs: &'a [Box<[u8]>], g: &Group) -> &'a [u8] {
+        self.pkts[g.head as usize].bytes(bufs)
+    }
+
     /// Calls `f(bytes)` for the head (whole packet) and then for each
     /// member's payload.
     pub fn for_each_part(&self, bufs: &[Box<[u8]>], g: &Group, mut f: impl FnMut(&[u8])) {

@@ -23,15 +23,18 @@ const RECV_BUF: usize = 65_536;
 const GRO_SEGMENTS: usize = 64;
 const MAX_IOV: usize = 66;
 
-/// Runs until stop. `tun` is this thread's queue (the kernel steers a
-/// flow's return traffic to the queue that last wrote it).
-pub fn run(ctx: Ctx, tun: Arc<File>, sock: Arc<File>) {
+/// Runs until stop. Each inner flow is written to one TUN queue, chosen
+/// by a hash of its addresses and ports: the kernel then steers the
+/// flow's packets towards us to that queue's reader (it remembers which
+/// queue last wrote a flow, with a symmetric hash), spreading flows over
+/// the TX threads without reordering any.
+pub fn run(ctx: Ctx, tuns: Vec<Arc<File>>, sock: Arc<File>) {
     let n = if ctx.mode.batched { BATCH } else { 1 };
     let mut w = Writer {
         batch: RecvBatch::new(n, RECV_BUF),
         gro: Coalescer::new(n * GRO_SEGMENTS),
         iov: Vec::with_capacity(MAX_IOV),
-        tfd: tun.as_raw_fd(),
+        tfds: tuns.iter().map(|t| t.as_raw_fd()).collect(),
         vnet: ctx.mode.vnet,
         own: ctx.topo.own(),
         st: Local::default(),
@@ -62,7 +65,7 @@ struct Writer {
     batch: RecvBatch,
     gro: Coalescer,
     iov: Vec<libc::iovec>,
-    tfd: RawFd,
+    tfds: Vec<RawFd>,
     vnet: bool,
     own: (u32, u32),
     st: Local,
@@ -129,7 +132,8 @@ impl Writer {
             return;
         }
         // Without a virtio header the TUN takes the bare packet.
-        if writev_all(self.tfd, &[iov(pkt)]) {
+        let fd = self.tfds[queue_for(pkt, self.tfds.len())];
+        if writev_all(fd, &[iov(pkt)]) {
             self.st.rx_packets += 1;
             self.st.rx_bytes += len as u64;
             self.st.tun_write.record(1);
@@ -153,7 +157,9 @@ impl Writer {
                 iovs.push(iov(part));
             });
             let count = u64::from(g.count);
-            if writev_all(self.tfd, &self.iov) {
+            let head = self.gro.head(&self.batch.bufs, g);
+            let fd = self.tfds[queue_for(head, self.tfds.len())];
+            if writev_all(fd, &self.iov) {
                 self.st.rx_packets += count;
                 self.st.rx_bytes += bytes as u64;
                 self.st.tun_write.record(g.count.into());
@@ -165,4 +171,20 @@ impl Writer {
         }
         self.gro.clear();
     }
+}
+
+/// The TUN queue of a packet's flow: addresses, and ports for TCP/UDP,
+/// combined symmetrically so both directions pick the same queue.
+fn queue_for(pkt: &[u8], queues: usize) -> usize {
+    if queues < 2 {
+        return 0;
+    }
+    let ihl = wire::ihl(pkt);
+    let mut h = u32::from_be_bytes(wire::src(pkt)) ^ u32::from_be_bytes(wire::dst(pkt));
+    if matches!(pkt[9], wire::PROTO_TCP | wire::PROTO_UDP) && pkt.len() >= ihl + 4 {
+        let sp = u16::from_be_bytes([pkt[ihl], pkt[ihl + 1]]);
+        let dp = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
+        h ^= u32::from(sp ^ dp);
+    }
+    (h.wrapping_mul(0x9e37_79b1) >> 16) as usize % queues
 }
