@@ -116,6 +116,23 @@ fn peers_change_under_traffic_and_unleased_gets_net_unreachable() {
     let (ok, out) = ping(&a.pod, "10.244.99.2", 1);
     assert!(!ok && unreachable(&out), "unleased subnet: {out}");
 
+    // Misrouted into flannel0 by hand: our own subnet and outside the
+    // Network are dropped (flannel would answer both with ICMP).
+    for dst in ["10.244.1.77", "10.9.9.9"] {
+        a.ns.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{dst}/32"),
+            "dev",
+            "flannel0",
+        ]);
+        assert!(!ping(&a.ns, dst, 1).0);
+    }
+    wait_for(&ea, "misrouted packets dropped", |s| {
+        s.dropped(DropReason::OwnSubnet) >= 1 && s.dropped(DropReason::OutsideNetwork) >= 1
+    });
+
     let out = client.unwrap();
     assert!(out.status.success(), "iperf3 during peer changes failed");
     let r = parse_iperf(&out.stdout);

@@ -163,6 +163,7 @@ impl Outbox {
                 // the kernel refuses the segmentation. Send plainly.
                 tracing::warn!(error = %err, "UDP GSO refused by the kernel; sending datagrams one by one from now on");
                 self.gso = false;
+                st.gso_fallbacks += 1;
                 let from = self.msg_entry[i];
                 let built = self.build(arena, from);
                 // Rebuilt messages start at 0; shift the window.

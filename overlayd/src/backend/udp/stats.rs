@@ -125,6 +125,8 @@ pub struct Local {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub icmp_unreachable: u64,
+    /// Times a sender turned UDP GSO off because the kernel refused it.
+    pub gso_fallbacks: u64,
     pub drops: [u64; DropReason::ALL.len()],
     /// Inner packets per TUN read (1, or the segments of a TSO frame).
     pub tun_read: Histogram,
@@ -150,6 +152,7 @@ pub struct Shared {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     icmp_unreachable: AtomicU64,
+    gso_fallbacks: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     hists: [[AtomicU64; BUCKETS]; 4],
 }
@@ -168,6 +171,7 @@ impl Shared {
         add(&self.rx_packets, l.rx_packets);
         add(&self.rx_bytes, l.rx_bytes);
         add(&self.icmp_unreachable, l.icmp_unreachable);
+        add(&self.gso_fallbacks, l.gso_fallbacks);
         for (a, v) in self.drops.iter().zip(l.drops) {
             add(a, v);
         }
@@ -187,6 +191,7 @@ impl Shared {
         s.rx_packets += get(&self.rx_packets);
         s.rx_bytes += get(&self.rx_bytes);
         s.icmp_unreachable += get(&self.icmp_unreachable);
+        s.gso_fallbacks += get(&self.gso_fallbacks);
         for (d, a) in s.drops.iter_mut().zip(&self.drops) {
             *d += get(a);
         }
@@ -212,6 +217,7 @@ pub struct StatsSnapshot {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub icmp_unreachable: u64,
+    pub gso_fallbacks: u64,
     drops: [u64; DropReason::ALL.len()],
     pub tun_read: Histogram,
     pub udp_send: Histogram,
