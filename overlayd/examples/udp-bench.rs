@@ -239,8 +239,17 @@ fn diag(rig: &Rig) {
     }
 }
 
+/// The 1-minute load average: other work on the machine skews the runs.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn main() {
     let a = args();
+    let load_before = load();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter("warn")
@@ -266,6 +275,10 @@ fn main() {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
+    );
+    println!(
+        "load average (1 min) {load_before} before, {} after",
+        load()
     );
     println!("| datapath | 1 stream Gbit/s | vs vxlan | retr | 4 streams Gbit/s | vs vxlan | retr | engine CPU s/GB (1 stream) |");
     println!("|---|---|---|---|---|---|---|---|");

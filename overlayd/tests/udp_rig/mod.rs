@@ -148,6 +148,14 @@ pub fn engine_cfg(node: &Node, features: Features) -> EngineConfig {
 pub fn start_engine(node: &Node, features: Features) -> Engine {
     let cfg = engine_cfg(node, features);
     let engine = in_netns(&node.ns, move || Engine::start(cfg)).unwrap();
+    configure_flannel0(node);
+    engine
+}
+
+/// flannel0's address (subnet network address /32), MTU, up state, the
+/// Network route and accept_local, as the reconciler sets them; a no-op
+/// for what is already there (restart).
+pub fn configure_flannel0(node: &Node) {
     let addr = format!("{}/32", node.subnet().network());
     let shown = node
         .ns
@@ -171,7 +179,6 @@ pub fn start_engine(node: &Node, features: Features) -> Engine {
     // accept_local the kernel drops it as a martian (so does flannel's).
     node.ns
         .exec_ok(&["sysctl", "-qw", "net.ipv4.conf.flannel0.accept_local=1"]);
-    engine
 }
 
 /// Every engine gets every other node as a peer.

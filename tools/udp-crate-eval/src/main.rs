@@ -72,28 +72,10 @@ fn bind(n: &Node) -> UdpSocket {
     sock
 }
 
-/// flannel0 address, MTU, up, route, as `start_engine` does, and the
-/// engine's txqueuelen.
+/// flannel0 as `start_engine` configures it, and the engine's txqueuelen.
 fn configure(n: &Node) {
     n.ns.exec_ok(&["ip", "link", "set", "flannel0", "txqueuelen", "10000"]);
-    n.ns.exec_ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{}/32", n.subnet().network()),
-        "dev",
-        "flannel0",
-    ]);
-    n.ns.exec_ok(&[
-        "ip",
-        "link",
-        "set",
-        "flannel0",
-        "mtu",
-        &TUN_MTU.to_string(),
-        "up",
-    ]);
-    n.ns.exec_ok(&["ip", "route", "replace", NETWORK, "dev", "flannel0"]);
+    configure_flannel0(n);
 }
 
 mod tunrs {
