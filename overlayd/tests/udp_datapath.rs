@@ -218,3 +218,22 @@ fn restart_keeps_the_device_and_traffic_resumes() {
     assert!(ok, "traffic after restarts: {out}");
     assert!(ea.stats().rx_packets > 0 && eb.stats().rx_packets > 0);
 }
+
+#[test]
+fn a_deleted_device_makes_the_engine_unhealthy() {
+    let rig = Rig::new("udph", 1, TUN_MTU);
+    let a = &rig.nodes[0];
+    let ea = start_engine(a, Features::all());
+    assert!(ea.healthy());
+    a.ns.exec_ok(&["ip", "link", "del", "flannel0"]);
+    // The TUN readers see the device go (EBADFD) and end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ea.healthy() {
+        assert!(Instant::now() < deadline, "engine still reports healthy");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A new engine recreates the device.
+    drop(ea);
+    let ea = start_engine(a, Features::all());
+    assert!(ea.healthy());
+}

@@ -253,6 +253,12 @@ impl Engine {
         StatsSnapshot::sum(&self.stats)
     }
 
+    /// False once a worker thread ended on its own (its TUN queue or the
+    /// socket failed, e.g. flannel0 was deleted): stop and start again.
+    pub fn healthy(&self) -> bool {
+        !self.threads.iter().any(|t| t.is_finished())
+    }
+
     pub fn active(&self) -> Active {
         self.active
     }

@@ -44,10 +44,10 @@ pub fn run(ctx: Ctx, tuns: Vec<Arc<File>>, sock: Arc<File>) {
     while !ctx.stop.is_set() {
         let got = match w.batch.recv(sfd, n, ctx.mode.batched) {
             Ok(g) => g,
+            Err(e) if transient(&e) => continue,
             Err(e) => {
-                // ICMP errors queued on the socket surface here; carry on.
-                tracing::debug!(error = %e, "UDP receive failed");
-                continue;
+                tracing::error!(error = %e, "UDP receive failed; the receiver stops");
+                return;
             }
         };
         if got == 0 {
@@ -187,4 +187,20 @@ fn queue_for(pkt: &[u8], queues: usize) -> usize {
         h ^= u32::from(sp ^ dp);
     }
     (h.wrapping_mul(0x9e37_79b1) >> 16) as usize % queues
+}
+
+/// Receive errors worth another try (memory pressure, signals, ICMP
+/// errors queued on the socket); anything else means the socket is gone.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EINTR
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+        )
+    )
 }
