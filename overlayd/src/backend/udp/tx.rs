@@ -51,31 +51,35 @@ impl Layout {
     }
 }
 
-/// Runs until stop. `tun` is this thread's queue.
+/// Runs until stop, or until the TUN fails (the device was deleted):
+/// then the thread ends and [`super::Engine::healthy`] turns false.
 pub fn run(ctx: Ctx, tun: Arc<File>, sock: Arc<File>) {
-    let lay = Layout::new(&ctx);
+    let rd = Reader {
+        lay: Layout::new(&ctx),
+        tfd: tun.as_raw_fd(),
+        ctx: &ctx,
+    };
+    let lay = &rd.lay;
     let mut arena = vec![0u8; lay.reads * (lay.slot + lay.split)];
     let mut out = Outbox::new(ctx.port, ctx.mode.gso);
     let mut view = PeerView::new(ctx.peers.clone());
     let mut st = Local::default();
-    let (tfd, sfd) = (tun.as_raw_fd(), sock.as_raw_fd());
+    let sfd = sock.as_raw_fd();
     while !ctx.stop.is_set() {
         let table = view.get();
         let mut got = 0;
         for r in 0..lay.reads {
             let off = lay.read_off(r);
-            let n = match read_nb(tfd, &mut arena[off..off + lay.slot]) {
+            let n = match read_nb(rd.tfd, &mut arena[off..off + lay.slot]) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, "TUN read failed");
-                    break;
+                    tracing::error!(error = %e, "TUN read failed; this queue stops");
+                    return;
                 }
             };
             got += 1;
-            if let Some((at, len, seg, dst)) =
-                handle(&ctx, table, &mut arena, &lay, r, n, tfd, &mut st)
-            {
+            if let Some((at, len, seg, dst)) = rd.handle(table, &mut arena, r, n, &mut st) {
                 if !out.push(at, len, dst, seg) {
                     out.flush(sfd, &arena, ctx.mode.batched, &mut st);
                     out.push(at, len, dst, seg);
@@ -89,80 +93,86 @@ pub fn run(ctx: Ctx, tun: Arc<File>, sock: Arc<File>) {
             out.flush(sfd, &arena, ctx.mode.batched, &mut st);
         }
         ctx.stats.flush(&mut st);
-        if got == 0 && !ctx.stop.wait_readable(tfd) {
+        if got == 0 && !ctx.stop.wait_readable(rd.tfd) {
             break;
         }
     }
 }
 
-/// One TUN read in slot `r`: returns what to send (offset, length,
-/// segment size or 0, peer IP) or None when dropped/answered.
-#[allow(clippy::too_many_arguments)]
-fn handle(
-    ctx: &Ctx,
-    table: &PeerTable,
-    arena: &mut [u8],
-    lay: &Layout,
-    r: usize,
-    n: usize,
+struct Reader<'a> {
+    ctx: &'a Ctx,
+    lay: Layout,
     tfd: RawFd,
-    st: &mut Local,
-) -> Option<(usize, usize, usize, u32)> {
-    let off = lay.read_off(r);
-    let (hdr, start) = if ctx.mode.vnet {
-        if n < VNET_HDR_LEN {
-            st.drop(DropReason::Runt);
-            return None;
-        }
-        (
-            VnetHdr::parse(&arena[off..off + VNET_HDR_LEN]),
-            off + VNET_HDR_LEN,
-        )
-    } else {
-        (VnetHdr::default(), off)
-    };
-    let end = off + n;
-    let pkt = &mut arena[start..end];
-    let dst = match route(ctx, table, pkt, tfd, st) {
-        Ok(d) => d,
-        Err(reason) => {
-            st.drop(reason);
-            return None;
-        }
-    };
-    if !wire::decrement_ttl(pkt) {
-        st.drop(DropReason::TtlExpired);
-        return None;
-    }
-    if hdr.gso_type == GSO_NONE {
-        if hdr.flags & F_NEEDS_CSUM != 0 {
-            if let Err(reason) = offload::finish_partial(pkt, &hdr) {
+}
+
+impl Reader<'_> {
+    /// One TUN read in slot `r`: returns what to send (offset, length,
+    /// segment size or 0, peer IP) or None when dropped/answered.
+    fn handle(
+        &self,
+        table: &PeerTable,
+        arena: &mut [u8],
+        r: usize,
+        n: usize,
+        st: &mut Local,
+    ) -> Option<(usize, usize, usize, u32)> {
+        let (ctx, lay, tfd) = (self.ctx, &self.lay, self.tfd);
+        let off = lay.read_off(r);
+        let (hdr, start) = if ctx.mode.vnet {
+            if n < VNET_HDR_LEN {
+                st.drop(DropReason::Runt);
+                return None;
+            }
+            (
+                VnetHdr::parse(&arena[off..off + VNET_HDR_LEN]),
+                off + VNET_HDR_LEN,
+            )
+        } else {
+            (VnetHdr::default(), off)
+        };
+        let end = off + n;
+        let pkt = &mut arena[start..end];
+        let dst = match route(ctx, table, pkt, tfd, st) {
+            Ok(d) => d,
+            Err(reason) => {
                 st.drop(reason);
                 return None;
             }
+        };
+        if !wire::decrement_ttl(pkt) {
+            st.drop(DropReason::TtlExpired);
+            return None;
         }
-        st.tun_read.record(1);
-        if pkt.len() > ctx.mtu {
+        if hdr.gso_type == GSO_NONE {
+            if hdr.flags & F_NEEDS_CSUM != 0 {
+                if let Err(reason) = offload::finish_partial(pkt, &hdr) {
+                    st.drop(reason);
+                    return None;
+                }
+            }
+            st.tun_read.record(1);
+            if pkt.len() > ctx.mtu {
+                st.drop(DropReason::Oversize);
+                return None;
+            }
+            return Some((start, pkt.len(), 0, dst));
+        }
+        let split_off = lay.split_off(r);
+        let (head, area) = arena.split_at_mut(split_off);
+        let split = match offload::split(&head[start..end], &hdr, &mut area[..lay.split]) {
+            Ok(s) => s,
+            Err(reason) => {
+                st.drop(reason);
+                return None;
+            }
+        };
+        st.tun_read.record(split.count);
+        if split.seg > ctx.mtu {
             st.drop(DropReason::Oversize);
             return None;
         }
-        return Some((start, pkt.len(), 0, dst));
+        Some((split_off, split.total, split.seg, dst))
     }
-    let split_off = lay.split_off(r);
-    let (head, area) = arena.split_at_mut(split_off);
-    let split = match offload::split(&head[start..end], &hdr, &mut area[..lay.split]) {
-        Ok(s) => s,
-        Err(reason) => {
-            st.drop(reason);
-            return None;
-        }
-    };
-    st.tun_read.record(split.count);
-    if split.seg > ctx.mtu {
-        st.drop(DropReason::Oversize);
-        return None;
-    }
-    Some((split_off, split.total, split.seg, dst))
 }
 
 /// The peer for this packet's destination, or why not. A destination in
