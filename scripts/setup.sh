@@ -22,6 +22,7 @@ PACKAGES=(
   openssl                       # certificates for the etcd TLS tests
   etcd-server etcd-client       # the real lease store (etcd v3) and etcdctl
   iperf3                        # throughput in the demo, tests and benchmarks
+  ethtool                       # udp datapath tests/bench: veth GRO, flannel0 offload flags
   nftables                      # nft: masquerade rules, root-namespace checks
   golang-go                     # builds the libcni conformance driver ...
   golang-github-appc-cni-dev    # ... against Debian's libcni (offline)

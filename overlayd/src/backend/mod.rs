@@ -6,6 +6,7 @@
 //! peer state to the kernel.
 
 pub mod hostgw;
+pub mod udp;
 pub mod vxlan;
 
 use crate::config::BackendConfig;
