@@ -128,7 +128,7 @@ async fn start(
     })
     .await?;
     tracing::info!(iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
-    let mut backend = backend::build(&cfg.backend)?;
+    let mut backend = backend::build(&cfg, shared.metrics.clone())?;
     let prepared = backend.prepare(&ext).await?;
     // The lease watch starts before the lease is held: a node waiting for
     // a free subnet wakes when one is freed, and the reconciler's first

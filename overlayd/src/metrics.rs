@@ -45,6 +45,20 @@ pub struct OpLabel {
     pub op: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// "tx" (TUN to the underlay) or "rx" (the underlay into the TUN).
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabel {
+    /// tun_read, udp_send, udp_recv, tun_write.
+    pub op: String,
+    /// The power-of-two size class: "1", "2-3", "4-7", ..., "128+".
+    pub size: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub lease_info: Family<SubnetLabel, Gauge>,
@@ -59,6 +73,11 @@ pub struct Metrics {
     pub watch_reconnects: Counter,
     pub rule_repairs: Counter,
     pub leases_skipped: Family<ReasonLabel, Gauge>,
+    pub udp_packets: Family<DirectionLabel, Counter>,
+    pub udp_bytes: Family<DirectionLabel, Counter>,
+    pub udp_drops: Family<ReasonLabel, Counter>,
+    pub udp_icmp_unreachable: Counter,
+    pub udp_batches: Family<BatchLabel, Counter>,
     /// The subnet the lease gauge currently names, to clear it on change.
     lease_subnet: Mutex<Option<String>>,
 }
@@ -86,6 +105,11 @@ impl Metrics {
             watch_reconnects: Counter::default(),
             rule_repairs: Counter::default(),
             leases_skipped: Family::default(),
+            udp_packets: Family::default(),
+            udp_bytes: Family::default(),
+            udp_drops: Family::default(),
+            udp_icmp_unreachable: Counter::default(),
+            udp_batches: Family::default(),
             lease_subnet: Mutex::new(None),
         };
         m.register();
@@ -149,6 +173,31 @@ impl Metrics {
             "leases_skipped",
             "Leases in the store that are not routed, by reason (malformed, outside the network, ...)",
             self.leases_skipped.clone(),
+        );
+        r.register(
+            "udp_packets",
+            "udp backend: packets forwarded, by direction",
+            self.udp_packets.clone(),
+        );
+        r.register(
+            "udp_bytes",
+            "udp backend: bytes forwarded, by direction",
+            self.udp_bytes.clone(),
+        );
+        r.register(
+            "udp_drops",
+            "udp backend: packets dropped, by reason",
+            self.udp_drops.clone(),
+        );
+        r.register(
+            "udp_icmp_unreachable",
+            "udp backend: ICMP net-unreachable written back for destinations nobody leases",
+            self.udp_icmp_unreachable.clone(),
+        );
+        r.register(
+            "udp_batches",
+            "udp backend: syscalls by batch size (packets moved per call), by operation",
+            self.udp_batches.clone(),
         );
     }
 

@@ -33,6 +33,7 @@ const UNDERLAY_BRIDGE: &str = "br0";
 pub enum Backend {
     Vxlan,
     HostGw,
+    Udp,
 }
 
 impl Backend {
@@ -41,6 +42,7 @@ impl Backend {
         match self {
             Backend::Vxlan => "vxlan",
             Backend::HostGw => "host-gw",
+            Backend::Udp => "udp",
         }
     }
 
@@ -48,6 +50,7 @@ impl Backend {
         match s {
             "vxlan" => Some(Backend::Vxlan),
             "host-gw" => Some(Backend::HostGw),
+            "udp" => Some(Backend::Udp),
             _ => None,
         }
     }
@@ -320,6 +323,9 @@ impl Cluster {
         match self.backend {
             Backend::Vxlan => state.vxlan_peer_problems(peer),
             Backend::HostGw => state.hostgw_peer_problems(peer, "eth0"),
+            // Peers live in overlayd's userspace table; the kernel holds
+            // one route for the whole network to flannel0.
+            Backend::Udp => state.udp_problems(NETWORK),
         }
     }
 
@@ -346,10 +352,25 @@ impl Cluster {
                         }
                     }
                 }
+                if self.backend == Backend::Udp {
+                    last.extend(self.udp_table_problem(at, nodes.len() - 1)?);
+                }
             }
             Ok(last.is_empty())
         });
         waited.map_err(|e| crate::HarnessError::Setup(format!("{e}: {}", last.join("; "))))
+    }
+
+    /// Whether node `at`'s udp peer table (its `felt_peers` metric) holds
+    /// at least `want` peers.
+    fn udp_table_problem(&self, at: usize, want: usize) -> Result<Option<String>> {
+        let node = self
+            .nodes
+            .get(at)
+            .ok_or_else(|| crate::HarnessError::Setup(format!("no node #{at}")))?;
+        let have = node.metric("felt_peers{backend=\"udp\"}").unwrap_or(0.0);
+        Ok((have < want as f64)
+            .then(|| format!("node{}: udp peer table has {have} of {want}", at + 1)))
     }
 
     /// Pings every pod from every pod (in parallel); `[from][to]`.

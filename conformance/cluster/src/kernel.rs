@@ -148,6 +148,16 @@ impl KernelState {
         }
     }
 
+    /// Everything wrong with the udp backend's one route (the network to
+    /// flannel0).
+    pub fn udp_problems(&self, network: &str) -> Vec<String> {
+        match self.routes.iter().find(|r| r["dst"] == network) {
+            Some(r) if r["dev"] == "flannel0" && r.get("gateway").is_none() => Vec::new(),
+            Some(r) => vec![format!("route to {network} is {r}")],
+            None => vec![format!("no route to {network}")],
+        }
+    }
+
     /// Every kernel entry still pointing at `peer` (after it left).
     pub fn leftovers_of(&self, peer: &Peer) -> Vec<String> {
         let mut left = Vec::new();

@@ -98,6 +98,11 @@ impl Node {
         snapshot(&self.ns)
     }
 
+    /// overlayd's pid (`ip netns exec` execs it, so the child is it).
+    pub fn overlayd_pid(&self) -> Option<u32> {
+        self.overlayd.as_ref().map(Daemon::pid)
+    }
+
     pub fn overlayd_running(&mut self) -> bool {
         match self.overlayd.as_mut() {
             Some(d) => matches!(d.try_wait(), Ok(None)),

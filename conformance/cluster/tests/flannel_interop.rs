@@ -214,8 +214,8 @@ fn assert_flannel_lease_shape(c: &Cluster, n: usize, backend: Backend) {
             let mac = node.kernel().unwrap().vtep_mac().unwrap();
             assert_eq!(v["BackendData"]["VtepMAC"], mac.as_str(), "{}", kv.value);
         }
-        // flannel's BackendData is `omitempty`: host-gw has none.
-        Backend::HostGw => {
+        // flannel's BackendData is `omitempty`: host-gw and udp have none.
+        Backend::HostGw | Backend::Udp => {
             let mut sorted = keys.clone();
             sorted.sort_unstable();
             assert_eq!(

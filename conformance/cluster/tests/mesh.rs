@@ -107,14 +107,13 @@ fn full_mesh(backend: Backend) {
     assert_pods_ping(&c);
     assert_tcp_mesh(&c);
     assert_pods_reach_other_nodes(&c);
-    assert_mtu(
-        &c,
-        if backend == Backend::Vxlan {
-            1450
-        } else {
-            1500
-        },
-    );
+    // vxlan: MTU = underlay 1500 - 50; udp: 1500 - 28, as flannel.
+    let mtu = match backend {
+        Backend::Vxlan => 1450,
+        Backend::HostGw => 1500,
+        Backend::Udp => 1472,
+    };
+    assert_mtu(&c, mtu);
     for n in &c.nodes {
         let state = n.kernel().unwrap();
         match backend {
@@ -131,6 +130,24 @@ fn full_mesh(backend: Backend) {
                 assert!(state.vtep.is_none(), "{}: unexpected {VTEP}", n.name);
                 assert_eq!(n.subnet_env().unwrap().mtu, 1500);
             }
+            // udp: flannel0 with the subnet's network address /32, the MTU,
+            // and one route for the whole network to it.
+            Backend::Udp => {
+                assert!(state.vtep.is_none(), "{}: unexpected {VTEP}", n.name);
+                assert_eq!(n.subnet_env().unwrap().mtu, 1472);
+                let link = n.ns.ip_json(&["link", "show", "flannel0"]).unwrap();
+                assert_eq!(link[0]["mtu"], 1472, "{}: {link:?}", n.name);
+                let addr =
+                    n.ns.ip(&["-4", "-o", "addr", "show", "dev", "flannel0"])
+                        .unwrap();
+                let want = format!("{}/32", n.subnet().unwrap().network());
+                assert!(addr.contains(&want), "{}: {addr}", n.name);
+                assert!(
+                    state.udp_problems(felt_cluster::NETWORK).is_empty(),
+                    "{}",
+                    n.name
+                );
+            }
         }
     }
 }
@@ -143,6 +160,11 @@ fn vxlan_full_mesh_ping_tcp_and_nodes() {
 #[test]
 fn host_gw_full_mesh_ping_tcp_and_nodes() {
     full_mesh(Backend::HostGw);
+}
+
+#[test]
+fn udp_full_mesh_ping_tcp_and_nodes() {
+    full_mesh(Backend::Udp);
 }
 
 /// Eight nodes starting at the same moment race for subnets (each picks

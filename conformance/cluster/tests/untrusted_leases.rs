@@ -19,9 +19,10 @@ fn lease_json(c: &Cluster, public_ip: &str) -> String {
         Backend::Vxlan => format!(
             r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:00:00:00:77:01"}}}}"#
         ),
-        Backend::HostGw => {
-            format!(r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
-        }
+        Backend::HostGw | Backend::Udp => format!(
+            r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"{}"}}"#,
+            c.backend().name()
+        ),
     }
 }
 

@@ -9,13 +9,15 @@ pub mod hostgw;
 pub mod udp;
 pub mod vxlan;
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, NetworkConfig};
 use crate::kernel::KernelError;
 use crate::lease::Lease;
+use crate::metrics::Metrics;
 use crate::spec::{Desired, ObjectKind, PeerObjects, RouteSpec, Scope};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 /// The node's external interface, chosen by --iface / --iface-regex /
 /// default route, with --public-ip applied.
@@ -49,13 +51,21 @@ pub enum BackendError {
 }
 
 /// The backend named in net-conf.json's `Backend.Type`.
-pub fn build(cfg: &BackendConfig) -> Result<Box<dyn Backend>, BackendError> {
-    match cfg {
+pub fn build(cfg: &NetworkConfig, metrics: Arc<Metrics>) -> Result<Box<dyn Backend>, BackendError> {
+    match &cfg.backend {
         BackendConfig::Vxlan(v) => Ok(Box::new(vxlan::VxlanBackend::new(v.clone())?)),
         BackendConfig::HostGw => Ok(Box::new(hostgw::HostGwBackend::new())),
-        BackendConfig::Udp(_) => Err(BackendError::Config(
-            "backend type \"udp\" is not implemented yet; use \"vxlan\" or \"host-gw\"".into(),
-        )),
+        BackendConfig::Udp(u) => {
+            let network = cfg.network.ok_or_else(|| {
+                BackendError::Config("the udp backend needs an IPv4 Network".into())
+            })?;
+            Ok(Box::new(udp::UdpBackend::new(
+                u.clone(),
+                network,
+                cfg.subnet_len,
+                metrics,
+            )))
+        }
     }
 }
 
@@ -144,4 +154,31 @@ fn direct_route(ext: &ExternalInterface, peer: &Lease, connected: &[Ipv4Net]) ->
             onlink: false,
             metric: 0,
         })
+}
+
+/// Writes a sysctl under /proc/sys (of this process's network namespace)
+/// if it differs; `Ok(false)` when it already held `value` or does not
+/// exist (IPv6 disabled).
+pub(crate) fn set_sysctl(path: &str, value: &str) -> Result<bool, BackendError> {
+    let full = format!("/proc/sys/{path}");
+    match std::fs::read_to_string(&full) {
+        Ok(cur) if cur.trim() == value => Ok(false),
+        Ok(_) => match std::fs::write(&full, value) {
+            Ok(()) => Ok(true),
+            // A container without privileges sees /proc/sys read-only:
+            // the setting is hardening, not needed for traffic.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                ) =>
+            {
+                tracing::warn!(path = %full, error = %e, "cannot set {value}; continuing without");
+                Ok(false)
+            }
+            Err(e) => Err(BackendError::Config(format!("cannot write {full}: {e}"))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(BackendError::Config(format!("cannot read {full}: {e}"))),
+    }
 }

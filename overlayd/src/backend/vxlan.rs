@@ -11,7 +11,9 @@
 //! - the device is re-verified by every full reconcile pass, which a
 //!   deleted or changed device triggers at once (deleted -> recreated).
 
-use super::{direct_route, own_ip_problem, Backend, BackendError, ExternalInterface, Prepared};
+use super::{
+    direct_route, own_ip_problem, set_sysctl, Backend, BackendError, ExternalInterface, Prepared,
+};
 use crate::config::VxlanConfig;
 use crate::kernel::link::{fmt_mac, parse_mac, LinkState, VxlanParams};
 use crate::kernel::{Kernel, KernelError};
@@ -366,30 +368,3 @@ impl VxlanBackend {
 
 #[cfg(test)]
 mod tests;
-
-/// Writes a sysctl under /proc/sys (of this process's network namespace)
-/// if it differs; `Ok(false)` when it already held `value` or does not
-/// exist (IPv6 disabled).
-fn set_sysctl(path: &str, value: &str) -> Result<bool, BackendError> {
-    let full = format!("/proc/sys/{path}");
-    match std::fs::read_to_string(&full) {
-        Ok(cur) if cur.trim() == value => Ok(false),
-        Ok(_) => match std::fs::write(&full, value) {
-            Ok(()) => Ok(true),
-            // A container without privileges sees /proc/sys read-only:
-            // the setting is hardening, not needed for traffic.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EROFS | libc::EACCES | libc::EPERM)
-                ) =>
-            {
-                tracing::warn!(path = %full, error = %e, "cannot set {value}; continuing without");
-                Ok(false)
-            }
-            Err(e) => Err(BackendError::Config(format!("cannot write {full}: {e}"))),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(BackendError::Config(format!("cannot read {full}: {e}"))),
-    }
-}

@@ -112,7 +112,9 @@ pub fn find(chain: Option<&str>, hook: &str, c: &ChainRules) -> Found {
             .collect(),
         jumps: hook
             .lines()
-            .filter(|l| l.starts_with(&jumps) && (l.ends_with(&target) || l.contains(&format!("{target} "))))
+            .filter(|l| {
+                l.starts_with(&jumps) && (l.ends_with(&target) || l.contains(&format!("{target} ")))
+            })
             .map(String::from)
             .collect(),
     }
@@ -190,7 +192,11 @@ impl Iptables {
             .collect();
         let mut with_kube = Vec::new();
         for v in installed_ones.iter().skip_while(|v| v.0 == "iptables") {
-            if variant(*v).listing("nat", "KUBE-POSTROUTING").await?.is_some() {
+            if variant(*v)
+                .listing("nat", "KUBE-POSTROUTING")
+                .await?
+                .is_some()
+            {
                 with_kube.push(*v);
             }
         }
@@ -209,7 +215,14 @@ impl Iptables {
 
     /// `iptables -t <table> -S <chain>`; `None` when the chain does not exist.
     async fn listing(&self, table: &str, chain: &str) -> Result<Option<String>, FirewallError> {
-        match run(self.list, &["-w", "5", "-t", table, "-S", chain], None, "iptables").await {
+        match run(
+            self.list,
+            &["-w", "5", "-t", table, "-S", chain],
+            None,
+            "iptables",
+        )
+        .await
+        {
             Ok(text) => Ok(Some(text)),
             // iptables-nft says "incompatible" when the table itself does
             // not exist yet (nothing has used it in this namespace).
@@ -232,9 +245,14 @@ impl Iptables {
 
     async fn restore(&self, table: &str, lines: &[String]) -> Result<(), FirewallError> {
         let input = format!("*{table}\n{}\nCOMMIT\n", lines.join("\n"));
-        run(self.restore, &["--noflush", "-w", "5"], Some(&input), "iptables")
-            .await
-            .map(|_| ())
+        run(
+            self.restore,
+            &["--noflush", "-w", "5"],
+            Some(&input),
+            "iptables",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Makes felt's chains match `rules`: whether anything was written,
@@ -268,7 +286,11 @@ fn no_rules() -> RuleSet {
 /// the node runs nftables mode. True when any was there.
 pub async fn remove_leftovers() -> Result<bool, FirewallError> {
     let mut removed = false;
-    for v in VARIANTS.iter().skip(1).filter(|(l, r)| installed(l) && installed(r)) {
+    for v in VARIANTS
+        .iter()
+        .skip(1)
+        .filter(|(l, r)| installed(l) && installed(r))
+    {
         if variant(*v).converge(&no_rules()).await?.0 {
             tracing::info!(variant = v.0, "removed flannel's iptables chains");
             removed = true;
@@ -310,14 +332,22 @@ impl super::Firewall for Iptables {
             if rules.masquerade || rules.forward {
                 self.wrote.store(true, Ordering::SeqCst);
             }
-            return Ok(if repaired { Outcome::Repaired } else { Outcome::Unchanged });
+            return Ok(if repaired {
+                Outcome::Repaired
+            } else {
+                Outcome::Unchanged
+            });
         }
         Ok(written(nothing_before && !repaired, &self.wrote))
     }
 
     async fn uninstall(&self) -> Vec<FirewallError> {
         let mut errors = Vec::new();
-        for v in VARIANTS.iter().skip(1).filter(|(l, r)| installed(l) && installed(r)) {
+        for v in VARIANTS
+            .iter()
+            .skip(1)
+            .filter(|(l, r)| installed(l) && installed(r))
+        {
             if let Err(e) = variant(*v).converge(&no_rules()).await {
                 errors.push(e);
             }
@@ -370,19 +400,39 @@ mod tests {
     fn repair_table() {
         let [nat, _] = chains(&rules());
         let chain = format!("-N FLANNEL-POSTRTG\n{}\n", nat.rules.join("\n"));
-        let hook = |extra: &str| format!("-P POSTROUTING ACCEPT\n{}\n-A POSTROUTING -j KUBE-POSTROUTING\n{extra}", nat.jump);
+        let hook = |extra: &str| {
+            format!(
+                "-P POSTROUTING ACCEPT\n{}\n-A POSTROUTING -j KUBE-POSTROUTING\n{extra}",
+                nat.jump
+            )
+        };
         // Exactly right: nothing to do, whatever else is there.
         assert!(repair(&find(Some(&chain), &hook(""), &nat), &nat).is_empty());
         // A rule gone: the chain is rewritten, the jump left alone.
         let one_less = chain.replace(&format!("{}\n", nat.rules[2]), "");
         let lines = repair(&find(Some(&one_less), &hook(""), &nat), &nat);
-        assert_eq!(lines[..2], [":FLANNEL-POSTRTG - [0:0]".to_string(), "-F FLANNEL-POSTRTG".into()]);
+        assert_eq!(
+            lines[..2],
+            [
+                ":FLANNEL-POSTRTG - [0:0]".to_string(),
+                "-F FLANNEL-POSTRTG".into()
+            ]
+        );
         assert_eq!(lines.len(), 2 + 6);
         // A second jump: both deleted, one inserted first.
         let doubled = hook(&format!("{}\n", nat.jump));
         let lines = repair(&find(Some(&chain), &doubled, &nat), &nat);
-        assert_eq!(lines.iter().filter(|l| l.starts_with("-D POSTROUTING")).count(), 2);
-        assert_eq!(lines.last().unwrap(), "-I POSTROUTING 1 -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("-D POSTROUTING"))
+                .count(),
+            2
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            "-I POSTROUTING 1 -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"
+        );
         // The chain missing altogether: declared, filled, jumped to.
         let lines = repair(&find(None, "-P POSTROUTING ACCEPT\n", &nat), &nat);
         assert_eq!(lines.len(), 2 + 6 + 1);

@@ -84,6 +84,8 @@ pub struct Reconciler {
     /// from each full pass's dump, kept current by route notifications,
     /// so an incremental pass never writes a peer it would have to undo.
     foreign: BTreeMap<(Ipv4Net, u32), String>,
+    /// The peers last handed to the backend (udp's userspace table).
+    handed_over: Vec<(Ipv4Net, std::net::Ipv4Addr)>,
     /// Whether the last pass could prune: an incremental pass only builds
     /// on a kernel state that holds nothing stale.
     settled: bool,
@@ -118,6 +120,7 @@ impl Reconciler {
             connected: Vec::new(),
             foreign: BTreeMap::new(),
             settled: false,
+            handed_over: Vec::new(),
             logged: BTreeMap::new(),
             converged: None,
         })
@@ -471,7 +474,14 @@ impl Reconciler {
             })
             .set(served.len() as i64);
         let leases: Vec<&Lease> = served.iter().filter_map(|sn| snapshot.get(sn)).collect();
-        self.backend.set_peers(&leases);
+        let peers: Vec<(Ipv4Net, std::net::Ipv4Addr)> = leases
+            .iter()
+            .map(|l| (l.subnet, l.attrs.public_ip))
+            .collect();
+        if peers != self.handed_over {
+            self.backend.set_peers(&leases);
+            self.handed_over = peers;
+        }
         let label = PassLabel { pass: pass.into() };
         self.metrics.reconcile_runs.get_or_create(&label).inc();
         self.metrics

@@ -3,10 +3,11 @@
 //! `flannel0` and the underlay, made fast with multiqueue TUN, batched
 //! syscalls, TUN TSO/GRO through virtio headers and UDP GSO/GRO.
 //!
-//! [`Engine::start`] runs it; [`Engine::set_peers`] swaps the peer table
+//! [`UdpBackend`] is the `Backend` around it. [`Engine::start`] runs it; [`Engine::set_peers`] swaps the peer table
 //! under traffic; [`Engine::stats`] reads the counters. The device's
 //! address, MTU, up state and route are configured by the caller.
 
+mod backend;
 mod engine;
 mod gro;
 mod offload;
@@ -20,6 +21,7 @@ mod tx;
 pub mod wire;
 mod worker;
 
+pub use backend::{UdpBackend, DEVICE};
 pub use engine::{default_queues, ladder, Active, Engine, EngineConfig, Features};
 pub use peers::PeerRejected;
 pub use stats::{DropReason, Histogram, StatsSnapshot, BUCKET_LOW};
