@@ -18,6 +18,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod nodes;
+pub mod rbac;
 pub mod store;
 
 use crate::etcd_util::Etcd;
@@ -33,6 +34,17 @@ pub const ADMIN_TOKEN: &str = "felt-test-admin-token";
 pub const FELT_TOKEN: &str = "felt-test-sa-token";
 pub const FELT_USER: &str = "system:serviceaccount:kube-system:felt";
 const PORT: u16 = 6443;
+/// How many extra users [`user`] names (each with its own token).
+pub const USERS: usize = 8;
+
+/// Extra user `i` (< [`USERS`]): its token and name, a ServiceAccount-like
+/// identity with no permissions until a test binds a role to it.
+pub fn user(i: usize) -> (String, String) {
+    (
+        format!("felt-test-sa-token-{i}"),
+        format!("system:serviceaccount:kube-system:felt-{i}"),
+    )
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
@@ -315,13 +327,15 @@ fn readyz(kubeconfig: &Path) -> bool {
 }
 
 fn write_auth_files(dir: &Path) {
-    std::fs::write(
-        dir.join("tokens.csv"),
-        format!(
-            "{ADMIN_TOKEN},admin,1,\"system:masters\"\n{FELT_TOKEN},{FELT_USER},2,\"system:serviceaccounts,system:serviceaccounts:kube-system\"\n"
-        ),
-    )
-    .unwrap();
+    let sa_groups = "system:serviceaccounts,system:serviceaccounts:kube-system";
+    let mut tokens = format!(
+        "{ADMIN_TOKEN},admin,1,\"system:masters\"\n{FELT_TOKEN},{FELT_USER},2,\"{sa_groups}\"\n"
+    );
+    for i in 0..USERS {
+        let (token, name) = user(i);
+        tokens.push_str(&format!("{token},{name},{},\"{sa_groups}\"\n", 10 + i));
+    }
+    std::fs::write(dir.join("tokens.csv"), tokens).unwrap();
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
