@@ -135,7 +135,7 @@ fn annotation_and_condition_patches_are_flannels_bytes() {
         let foreign = vec![("example.com/keep".to_string(), "me".to_string())];
         nodes::create(&admin, "self", Some("10.5.4.0/24"), &foreign).await;
         nodes::kubelet_ready(&admin, "self").await;
-        let (s, _) = store(&api, "self").await;
+        let (s, metrics) = kube_util::store::store_metered(&api, "self").await;
         let lease = s
             .acquire(&vxlan_req([192, 168, 64, 3], "c6:d2:32:6f:8f:44"))
             .await
@@ -152,12 +152,16 @@ fn annotation_and_condition_patches_are_flannels_bytes() {
             r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#
         );
 
-        // A restart with the same attributes writes nothing.
+        // A restart with the same attributes, and a renewal, send nothing.
+        let patches =
+            |m: &overlayd::metrics::Metrics| kube_util::store::requests(m, "patch_annotations");
+        assert_eq!(patches(&metrics), 1);
         let rv = raw["metadata"]["resourceVersion"].clone();
         s.acquire(&vxlan_req([192, 168, 64, 3], "c6:d2:32:6f:8f:44"))
             .await
             .unwrap();
         s.renew(&lease).await.unwrap();
+        assert_eq!(patches(&metrics), 1);
         assert_eq!(
             nodes::raw(&admin, "self").await["metadata"]["resourceVersion"],
             rv

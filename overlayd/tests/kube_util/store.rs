@@ -51,6 +51,28 @@ pub async fn store(api: &KubeApi, name: &str) -> (Arc<KubeStore>, Arc<Readiness>
     (Arc::new(s), readiness)
 }
 
+/// A store for node `name` (admin token, VXLAN16) counting into the
+/// returned metrics.
+pub async fn store_metered(api: &KubeApi, name: &str) -> (Arc<KubeStore>, Arc<Metrics>) {
+    let opts = options(
+        api,
+        NodeIdentity::Node(name.into()),
+        super::ADMIN_TOKEN,
+        VXLAN16,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let s = KubeStore::connect(&opts, metrics.clone()).await.unwrap();
+    (Arc::new(s), metrics)
+}
+
+/// How many requests of kind `op` the store made.
+pub fn requests(metrics: &Metrics, op: &str) -> u64 {
+    metrics
+        .store_requests
+        .get_or_create(&overlayd::metrics::OpLabel { op: op.into() })
+        .get()
+}
+
 /// Runs the store's watch; the receiver sees every snapshot it publishes.
 pub fn watch(store: &Arc<KubeStore>) -> watch::Receiver<Arc<LeaseSnapshot>> {
     let (tx, rx) = watch::channel(Arc::new(LeaseSnapshot::new()));

@@ -43,6 +43,23 @@ pub struct KubeOptions {
     pub set_node_network_unavailable: bool,
 }
 
+impl KubeOptions {
+    /// From overlayd's flags; the node from the environment.
+    pub fn from_flags(f: &crate::cli::Flags) -> Self {
+        KubeOptions {
+            api_url: f.kube_api_url.clone().filter(|u| !u.is_empty()),
+            kubeconfig: f
+                .kubeconfig_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            annotation_prefix: f.kube_annotation_prefix.clone(),
+            net_config_path: f.net_config_path.clone(),
+            node: None,
+            set_node_network_unavailable: f.set_node_network_unavailable,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("--kube-annotation-prefix {prefix:?}: {why}")]
