@@ -37,23 +37,19 @@ pub fn options(api: &KubeApi, node: NodeIdentity, token: &str, netconf: &str) ->
 /// A store for node `name` (admin token, VXLAN16) that reports on
 /// `readiness`.
 pub async fn store(api: &KubeApi, name: &str) -> (Arc<KubeStore>, Arc<Readiness>) {
-    let opts = options(
-        api,
-        NodeIdentity::Node(name.into()),
-        super::ADMIN_TOKEN,
-        VXLAN16,
-    );
     let readiness = Arc::new(Readiness::new());
-    let s = KubeStore::connect(&opts, Arc::new(Metrics::new()))
-        .await
-        .unwrap()
-        .with_readiness(readiness.clone());
-    (Arc::new(s), readiness)
+    let (s, _) = connect(api, name).await;
+    (Arc::new(s.with_readiness(readiness.clone())), readiness)
 }
 
 /// A store for node `name` (admin token, VXLAN16) counting into the
 /// returned metrics.
 pub async fn store_metered(api: &KubeApi, name: &str) -> (Arc<KubeStore>, Arc<Metrics>) {
+    let (s, metrics) = connect(api, name).await;
+    (Arc::new(s), metrics)
+}
+
+async fn connect(api: &KubeApi, name: &str) -> (KubeStore, Arc<Metrics>) {
     let opts = options(
         api,
         NodeIdentity::Node(name.into()),
@@ -62,7 +58,7 @@ pub async fn store_metered(api: &KubeApi, name: &str) -> (Arc<KubeStore>, Arc<Me
     );
     let metrics = Arc::new(Metrics::new());
     let s = KubeStore::connect(&opts, metrics.clone()).await.unwrap();
-    (Arc::new(s), metrics)
+    (s, metrics)
 }
 
 /// How many requests of kind `op` the store made.

@@ -98,27 +98,39 @@ impl Tracker {
     /// first by name keeps it and the other is reported as malformed.
     pub fn snapshot(&self) -> LeaseSnapshot {
         let mut snap = LeaseSnapshot::new();
-        let mut owner: BTreeMap<ipnet::Ipv4Net, &str> = BTreeMap::new();
         for (name, view) in &self.nodes {
             match view {
                 NodeView::Ignored => {}
                 NodeView::Malformed(why) => {
                     snap.malformed.insert(name.clone(), why.clone());
                 }
-                NodeView::Lease(l) => match owner.get(&l.subnet) {
-                    Some(first) => {
-                        let why = format!("pod CIDR {} is also claimed by node {first}", l.subnet);
-                        snap.malformed.insert(name.clone(), why);
-                    }
-                    None => {
-                        owner.insert(l.subnet, name);
-                        snap.insert_shared(l.clone());
-                    }
-                },
+                NodeView::Lease(l) if snap.contains_key(&l.subnet) => {
+                    let why = format!(
+                        "pod CIDR {} is also claimed by node {}",
+                        l.subnet,
+                        self.first_claim(l.subnet)
+                    );
+                    snap.malformed.insert(name.clone(), why);
+                }
+                NodeView::Lease(l) => snap.insert_shared(l.clone()),
             }
         }
         snap.listing = self.listings;
         snap
+    }
+
+    /// Whether a change waits to be published.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty && self.listings > 0
+    }
+
+    /// The first Node (by name) whose lease has `subnet`; only asked on
+    /// a collision, which is rare.
+    fn first_claim(&self, subnet: ipnet::Ipv4Net) -> &str {
+        self.nodes
+            .iter()
+            .find(|(_, v)| matches!(v, NodeView::Lease(l) if l.subnet == subnet))
+            .map_or("?", |(n, _)| n.as_str())
     }
 }
 

@@ -9,19 +9,25 @@
 //!   resourceVersion, or relists after 410 Gone, with client-go's backoff
 //!   (0.8 s .. 30 s, jittered).
 //! - Each Node is trimmed and reduced to its lease view on arrival; see
-//!   [`Tracker`] for when snapshots are published.
+//!   [`Tracker`] for when a snapshot is due. Snapshots go out at most
+//!   every [`PUBLISH_GAP`] during bursts, at once otherwise.
 
 use super::node::{derive, trim};
 use super::tracker::Tracker;
 use super::{api_error, KubeStore};
 use crate::lease::LeaseSnapshot;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::ResourceExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Least time between two snapshots while Nodes keep changing.
+const PUBLISH_GAP: Duration = Duration::from_millis(100);
 
 impl KubeStore {
     /// Publishes snapshots into `tx` until every receiver is gone.
@@ -35,6 +41,7 @@ impl KubeStore {
         .default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut tracker = Tracker::new();
+        let mut last = Instant::now() - PUBLISH_GAP;
         loop {
             let next = tokio::select! {
                 n = stream.next() => n,
@@ -42,10 +49,23 @@ impl KubeStore {
             };
             let Some(first) = next else { return };
             self.fold(&mut tracker, first);
-            // Everything already received goes into one snapshot: a burst
-            // of Node changes costs one publish, not one per Node.
-            while let Some(Some(ev)) = stream.next().now_or_never() {
-                self.fold(&mut tracker, ev);
+            if !tracker.is_dirty() {
+                continue;
+            }
+            // The first change after a quiet spell goes out at once; in a
+            // burst (thousands of Nodes joining) changes are gathered for
+            // PUBLISH_GAP, so a snapshot (O(nodes) to build and to diff)
+            // is made a few times a second, not once per Node.
+            let due = last + PUBLISH_GAP;
+            loop {
+                tokio::select! {
+                    biased;
+                    n = stream.next() => match n {
+                        Some(ev) => self.fold(&mut tracker, ev),
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(due) => break,
+                }
             }
             if let Some(snap) = tracker.take_snapshot() {
                 tracing::debug!(
@@ -55,6 +75,7 @@ impl KubeStore {
                     "publishing lease snapshot"
                 );
                 tx.send_replace(Arc::new(snap));
+                last = Instant::now();
             }
         }
     }
