@@ -6,13 +6,15 @@
 //! Measures, per N:
 //! - watch lag: from the last Node created to the store's snapshot holding
 //!   all N (the store runs in its own process, started on an empty cluster);
-//! - a fresh store's start: time to its first full snapshot (one
-//!   resourceVersion=0 listing of all N) and its peak and steady RSS;
+//! - a fresh store's start: time to its first full snapshot and its peak
+//!   and steady RSS, with paged listings (the default) and with cached
+//!   ones (resourceVersion=0, one response);
+//! - the size of a resourceVersion=0 list on 1.20 (one response or pages);
 //! - snapshot rebuild: one `Tracker::snapshot` over N leases, and one
 //!   `changed_since` diff, averaged.
 //!
 //!   bench_kube 5000 20000         # parent: runs everything
-//!   bench_kube store KUBECONFIG NETCONF N   # child: one store (internal)
+//!   bench_kube store KUBECONFIG NETCONF N paged|cached   # child (internal)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -54,8 +56,8 @@ fn main() {
             .map(|a| a.parse().expect("node counts"))
             .collect()
     };
-    println!("| nodes | create rate (nodes/s) | watch lag: last create -> snapshot with all | fresh store: first full snapshot | store RSS peak / steady | snapshot rebuild | changed_since |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| nodes | create rate (nodes/s) | resourceVersion=0 list (limit=500) | watch lag: last create -> snapshot with all | fresh store, paged lists: first full snapshot, RSS | fresh store, cached lists (with_cached_lists) | snapshot rebuild | changed_since |");
+    println!("|---|---|---|---|---|---|---|---|");
     for n in counts {
         run(n);
     }
@@ -118,7 +120,7 @@ fn run(n: usize) {
     let netconf = api.dir.join("net-conf.json");
     std::fs::write(&netconf, NETCONF).unwrap();
     // Phase 1: a store watching an empty cluster while N Nodes arrive.
-    let mut watcher = spawn_store(&api, &kubeconfig, &netconf, n);
+    let mut watcher = spawn_store(&api, &kubeconfig, &netconf, n, "paged");
     let rt = api.runtime();
     let (rate, last_created) = rt.block_on(async {
         let admin = kube_util::client_for(&kubeconfig).await;
@@ -137,21 +139,54 @@ fn run(n: usize) {
             .await;
         (n as f64 / started.elapsed().as_secs_f64(), unix_now())
     });
+    let listing = rt.block_on(list_size(&kubeconfig));
     let all_at: f64 = watcher.field("all").parse().unwrap();
     watcher.finish();
-    // Phase 2: a store started on the full cluster.
-    let mut fresh = spawn_store(&api, &kubeconfig, &netconf, n);
-    let first = fresh.field("first_full_after_s");
-    let (hwm, rss) = (fresh.field("hwm_mb"), fresh.field("rss_mb"));
-    fresh.finish();
+    // Phase 2: a store started on the full cluster, paged listing, then
+    // one listing from the watch cache.
+    let fresh = |mode: &str| {
+        let mut c = spawn_store(&api, &kubeconfig, &netconf, n, mode);
+        let first = c.field("first_full_after_s");
+        let (hwm, rss) = (c.field("hwm_mb"), c.field("rss_mb"));
+        c.finish();
+        format!("{first} s, RSS {hwm} MB peak / {rss} MB steady")
+    };
+    let (paged, cached) = (fresh("paged"), fresh("cached"));
     let (rebuild, diff) = rebuild_cost(n);
     println!(
-        "| {n} | {rate:.0} | {:.2} s | {first} s | {hwm} MB / {rss} MB | {:.2} ms | {:.2} ms |",
+        "| {n} | {rate:.0} | {listing} | {:.2} s | {paged} | {cached} | {:.2} ms | {:.2} ms |",
         all_at - last_created,
         rebuild.as_secs_f64() * 1e3,
         diff.as_secs_f64() * 1e3
     );
     drop(rt);
+}
+
+/// What the store's listing request returns: one response or pages
+/// (1.20's watch cache ignores the limit for resourceVersion=0), its size.
+async fn list_size(kubeconfig: &std::path::Path) -> String {
+    let admin = kube_util::client_for(kubeconfig).await;
+    let req = http::Request::get(
+        "/api/v1/nodes?resourceVersion=0&resourceVersionMatch=NotOlderThan&limit=500",
+    )
+    .body(Vec::new())
+    .unwrap();
+    let body = admin.request_text(req).await.unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let items = v["items"].as_array().map_or(0, Vec::len);
+    let paged = v["metadata"]["continue"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty());
+    format!(
+        "{items} Nodes{}, {:.0} MB ({:.1} KB per Node)",
+        if paged {
+            " (paged)"
+        } else {
+            " in one response"
+        },
+        body.len() as f64 / 1e6,
+        body.len() as f64 / 1e3 / items.max(1) as f64
+    )
 }
 
 /// A child process running one store; its report lines are `key value`.
@@ -177,13 +212,20 @@ impl Child {
     }
 }
 
-fn spawn_store(api: &KubeApi, kubeconfig: &PathBuf, netconf: &PathBuf, n: usize) -> Child {
+fn spawn_store(
+    api: &KubeApi,
+    kubeconfig: &PathBuf,
+    netconf: &PathBuf,
+    n: usize,
+    mode: &str,
+) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = api.ns.command(exe.to_str().unwrap());
     cmd.arg("store")
         .arg(kubeconfig)
         .arg(netconf)
         .arg(n.to_string())
+        .arg(mode)
         .stdout(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let out = child.stdout.take().unwrap();
@@ -196,6 +238,7 @@ fn spawn_store(api: &KubeApi, kubeconfig: &PathBuf, netconf: &PathBuf, n: usize)
 /// The child: a store watching every Node; reports when it holds `n`.
 fn child(args: &[String]) {
     let (kubeconfig, netconf, n) = (&args[0], &args[1], args[2].parse::<usize>().unwrap());
+    let cached = args.get(3).map(String::as_str) == Some("cached");
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -211,11 +254,10 @@ fn child(args: &[String]) {
             node: Some(NodeIdentity::Node("bench".into())),
             set_node_network_unavailable: false,
         };
-        let store = Arc::new(
-            KubeStore::connect(&opts, Arc::new(Metrics::new()))
-                .await
-                .unwrap(),
-        );
+        let store = KubeStore::connect(&opts, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let store = Arc::new(store.with_cached_lists(cached));
         let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(LeaseSnapshot::new()));
         let s = store.clone();
         tokio::spawn(async move { s.watch_leases(tx).await });

@@ -6,10 +6,12 @@
 
 mod etcd_util;
 mod kube_util;
+mod lease_util;
 
 use kube_util::nodes::{self, flannel_vxlan, PREFIX};
-use kube_util::store::{store, until, until_readiness, vxlan_req, watch};
+use kube_util::store::{store, until, until_readiness, watch};
 use kube_util::{ApiOptions, KubeApi};
+use lease_util::req;
 use overlayd::lease::{keys, LeaseError, LeaseStore};
 use std::sync::Arc;
 
@@ -90,7 +92,7 @@ fn acquire_waits_for_the_node_and_a_late_pod_cidr() {
         let _rx = watch(&s);
         let acquiring = {
             let s = s.clone();
-            tokio::spawn(async move { s.acquire(&vxlan_req([10, 0, 0, 1], "aa:aa:aa:aa:aa:01")).await })
+            tokio::spawn(async move { s.acquire(&req([10, 0, 0, 1], "aa:aa:aa:aa:aa:01", None)).await })
         };
         until_readiness(&readiness, "node self does not exist yet").await;
         nodes::create(&admin, "self", None, &[]).await;
@@ -112,7 +114,7 @@ fn pod_cidr_outside_the_network_is_refused_before_annotating() {
         nodes::create(&admin, "self", Some("10.99.0.0/24"), &[]).await;
         let (s, _) = store(&api, "self").await;
         let err = s
-            .acquire(&vxlan_req([10, 0, 0, 1], "aa:aa:aa:aa:aa:01"))
+            .acquire(&req([10, 0, 0, 1], "aa:aa:aa:aa:aa:01", None))
             .await
             .unwrap_err();
         let msg = err.to_string();
@@ -137,7 +139,7 @@ fn annotation_and_condition_patches_are_flannels_bytes() {
         nodes::kubelet_ready(&admin, "self").await;
         let (s, metrics) = kube_util::store::store_metered(&api, "self").await;
         let lease = s
-            .acquire(&vxlan_req([192, 168, 64, 3], "c6:d2:32:6f:8f:44"))
+            .acquire(&req([192, 168, 64, 3], "c6:d2:32:6f:8f:44", None))
             .await
             .unwrap();
         let mut want = flannel_vxlan("192.168.64.3", "c6:d2:32:6f:8f:44");
@@ -157,7 +159,7 @@ fn annotation_and_condition_patches_are_flannels_bytes() {
             |m: &overlayd::metrics::Metrics| kube_util::store::requests(m, "patch_annotations");
         assert_eq!(patches(&metrics), 1);
         let rv = raw["metadata"]["resourceVersion"].clone();
-        s.acquire(&vxlan_req([192, 168, 64, 3], "c6:d2:32:6f:8f:44"))
+        s.acquire(&req([192, 168, 64, 3], "c6:d2:32:6f:8f:44", None))
             .await
             .unwrap();
         s.renew(&lease).await.unwrap();
@@ -217,7 +219,7 @@ fn overwrite_and_node_public_ip_annotations_are_honoured() {
         assert_eq!(s.stored_vtep_mac().await.unwrap(), None);
         let mut rx = watch(&s);
         let lease = s
-            .acquire(&vxlan_req([10, 0, 0, 1], "aa:aa:aa:aa:aa:05"))
+            .acquire(&req([10, 0, 0, 1], "aa:aa:aa:aa:aa:05", None))
             .await
             .unwrap();
         assert_eq!(lease.attrs.public_ip.to_string(), "203.0.113.7");
@@ -249,7 +251,7 @@ fn renew_restores_removed_annotations() {
         nodes::create(&admin, "self", Some("10.5.6.0/24"), &[]).await;
         let (s, _) = store(&api, "self").await;
         let lease = s
-            .acquire(&vxlan_req([10, 0, 0, 6], "aa:aa:aa:aa:aa:06"))
+            .acquire(&req([10, 0, 0, 6], "aa:aa:aa:aa:aa:06", None))
             .await
             .unwrap();
         let want = nodes::flannel_annotations(&admin, "self").await;
@@ -278,7 +280,7 @@ fn node_recreated_with_another_pod_cidr() {
         let (b, _) = store(&api, "b").await;
         let mut seen_by_b = watch(&b);
         let lease = a
-            .acquire(&vxlan_req([10, 0, 0, 1], "aa:aa:aa:aa:aa:0a"))
+            .acquire(&req([10, 0, 0, 1], "aa:aa:aa:aa:aa:0a", None))
             .await
             .unwrap();
         until(&mut seen_by_b, "a's lease", |s| has(s, "10.5.1.0/24")).await;
@@ -301,7 +303,7 @@ fn node_recreated_with_another_pod_cidr() {
             "{lost:?}"
         );
         let again = a
-            .acquire(&vxlan_req([10, 0, 0, 1], "aa:aa:aa:aa:aa:0a"))
+            .acquire(&req([10, 0, 0, 1], "aa:aa:aa:aa:aa:0a", None))
             .await
             .unwrap();
         assert_eq!(again.subnet, net("10.5.7.0/24"));
@@ -319,6 +321,16 @@ fn node_recreated_with_another_pod_cidr() {
 /// resourceVersion is "too old" and answered with an in-stream 410.
 #[test]
 fn relist_after_410_drops_vanished_nodes_and_keeps_the_rest_meanwhile() {
+    relist_after_410(false);
+}
+
+/// The same with listings from the watch cache (resourceVersion=0).
+#[test]
+fn relist_after_410_with_cached_lists() {
+    relist_after_410(true);
+}
+
+fn relist_after_410(cached: bool) {
     let mut api = KubeApi::start(ApiOptions::default());
     let admin_kubeconfig = api.kubeconfig(kube_util::ADMIN_TOKEN);
     // The runtime lives across the restart; the restart runs on this
@@ -336,7 +348,8 @@ fn relist_after_410_drops_vanished_nodes_and_keeps_the_rest_meanwhile() {
             )
             .await;
         }
-        let (s, _) = store(&api, "self").await;
+        let (s, _) = kube_util::store::connect(&api, "self").await;
+        let s = Arc::new(s.with_cached_lists(cached));
         let mut rx = watch(&s);
         until(&mut rx, "3 leases", |s| s.len() == 3).await;
         // Every snapshot published from here on, as the reconciler sees it.

@@ -7,14 +7,16 @@
 
 mod etcd_util;
 mod kube_util;
+mod lease_util;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::Client;
 use kube_util::nodes::{self, flannel_vxlan};
 use kube_util::rbac::{self, Rule, FELT_RULES};
-use kube_util::store::{options, vxlan_req, watch, PATIENCE, VXLAN16};
+use kube_util::store::{options, watch, PATIENCE, VXLAN16};
 use kube_util::{ApiOptions, KubeApi};
+use lease_util::req;
 use overlayd::lease::kube::{KubeStore, NodeIdentity};
 use overlayd::lease::{LeaseSnapshot, LeaseStore};
 use overlayd::metrics::Metrics;
@@ -42,7 +44,7 @@ async fn scenario(api: &KubeApi, admin: &Client, i: usize) -> Result<(), String>
     assert_eq!(store.node_name(), me);
     let store = Arc::new(store);
     let lease = store
-        .acquire(&vxlan_req([10, 0, 1, i as u8], "aa:aa:aa:aa:aa:01"))
+        .acquire(&req([10, 0, 1, i as u8], "aa:aa:aa:aa:aa:01", None))
         .await
         .map_err(|e| e.to_string())?;
     let mut rx = watch(&store);

@@ -336,16 +336,8 @@ fn write_auth_files(dir: &Path) {
         tokens.push_str(&format!("{token},{name},{},\"{sa_groups}\"\n", 10 + i));
     }
     std::fs::write(dir.join("tokens.csv"), tokens).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}");
-    };
-    run(&["genrsa", "-out", "sa.key", "2048"]);
-    run(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    crate::etcd_util::openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
+    crate::etcd_util::openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
 }
 
 fn base64_encode(data: &[u8]) -> String {

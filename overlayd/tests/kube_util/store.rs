@@ -5,9 +5,8 @@
 use super::KubeApi;
 use overlayd::health::readiness::Readiness;
 use overlayd::lease::kube::{KubeOptions, KubeStore, NodeIdentity};
-use overlayd::lease::{LeaseAttrs, LeaseRequest, LeaseSnapshot, LeaseStore};
+use overlayd::lease::{LeaseSnapshot, LeaseStore};
 use overlayd::metrics::Metrics;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -49,7 +48,8 @@ pub async fn store_metered(api: &KubeApi, name: &str) -> (Arc<KubeStore>, Arc<Me
     (Arc::new(s), metrics)
 }
 
-async fn connect(api: &KubeApi, name: &str) -> (KubeStore, Arc<Metrics>) {
+/// A store for node `name` (admin token, VXLAN16), to configure further.
+pub async fn connect(api: &KubeApi, name: &str) -> (KubeStore, Arc<Metrics>) {
     let opts = options(
         api,
         NodeIdentity::Node(name.into()),
@@ -75,20 +75,6 @@ pub fn watch(store: &Arc<KubeStore>) -> watch::Receiver<Arc<LeaseSnapshot>> {
     let s = store.clone();
     tokio::spawn(async move { s.watch_leases(tx).await });
     rx
-}
-
-/// A vxlan lease request from `ip` with VTEP MAC `mac`.
-pub fn vxlan_req(ip: [u8; 4], mac: &str) -> LeaseRequest {
-    LeaseRequest {
-        attrs: LeaseAttrs {
-            public_ip: ip.into(),
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: json!({"VNI": 1, "VtepMAC": mac}),
-            backend_v6_data: None,
-        },
-        previous_subnet: None,
-    }
 }
 
 /// Waits (up to [`PATIENCE`]) until the snapshot satisfies `pred`;
