@@ -6,10 +6,16 @@
 #
 #   sudo scripts/bench-kube.sh [N ...]        # default: 5000 20000
 #
-# Prints one table row per N: API create rate, watch lag (last Node
-# created -> the store's snapshot holds all N), a fresh store's time to
-# its first full snapshot, its RSS (peak during the listing / steady), and
-# the CPU cost of one snapshot rebuild and one snapshot diff.
+# Prints one table row per N: API create rate, the size of a
+# resourceVersion=0 list, watch lag (last Node created -> the store's
+# snapshot holds all N), a fresh store's time to its first full snapshot
+# and its RSS (peak during the listing / steady) with paged listings (the
+# default) and with cached ones (with_cached_lists), and the CPU cost of
+# one snapshot rebuild and one snapshot diff.
+#
+# Measured here (2 shared cores): 5,000 Nodes: lag 0.10 s, start 1.1 s,
+# 63 MB peak (cached: 190 MB); 20,000: lag 0.03 s, start 4.4 s, 78 MB peak
+# (cached: 729 MB), rebuild 3.4 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

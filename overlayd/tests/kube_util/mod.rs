@@ -4,8 +4,8 @@
 //! loopback only, killed with the test.
 //!
 //! - Binary: KUBE_APISERVER (an unpacked binary) or KUBE_APISERVER_XZ (the
-//!   xz file, unpacked once per test process into a temp dir, keyed by the
-//!   file's path and size).
+//!   xz file, unpacked once into a temp dir keyed by the file's path and
+//!   size, and shared by all test processes).
 //! - Auth: token file with [`ADMIN_TOKEN`] (system:masters) and
 //!   [`FELT_TOKEN`] (a ServiceAccount-like user, [`FELT_USER`]); RBAC on
 //!   with [`ApiOptions::rbac`], else AlwaysAllow.
@@ -27,7 +27,7 @@ use felt_common::testutil::TestNetns;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "felt-test-admin-token";
@@ -63,12 +63,19 @@ impl Default for ApiOptions {
     }
 }
 
-/// The unpacked API server binary (unpacked at most once per process).
+/// The unpacked API server binary. KUBE_APISERVER_XZ is unpacked once
+/// into a temp dir named after the file's path and size, shared by every
+/// test process (renamed into place whole, so a concurrent or killed
+/// unpack never leaves a half binary in use), and reused by later runs.
 pub fn apiserver_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("KUBE_APISERVER") {
         return PathBuf::from(p);
     }
-    static UNPACKED: OnceLock<Mutex<Option<(PathBuf, u64, PathBuf)>>> = OnceLock::new();
+    static UNPACKED: OnceLock<PathBuf> = OnceLock::new();
+    UNPACKED.get_or_init(unpack).clone()
+}
+
+fn unpack() -> PathBuf {
     let xz = std::env::var_os("KUBE_APISERVER_XZ")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -84,25 +91,28 @@ pub fn apiserver_binary() -> PathBuf {
             )
         })
         .len();
-    let mut cached = UNPACKED.get_or_init(|| Mutex::new(None)).lock().unwrap();
-    if let Some((p, s, bin)) = cached.as_ref() {
-        if *p == xz && *s == size {
-            return bin.clone();
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("felt-kube-apiserver-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        xz.hash(&mut h);
+        h.finish()
+    };
+    let dir = std::env::temp_dir().join(format!("felt-kube-apiserver-{size}-{key:x}"));
     let bin = dir.join("kube-apiserver");
-    let out = std::fs::File::create(&bin).unwrap();
+    if bin.exists() {
+        return bin;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let part = dir.join(format!("kube-apiserver.part-{}", std::process::id()));
     let st = Command::new("xz")
         .arg("-dc")
         .arg(&xz)
-        .stdout(out)
+        .stdout(std::fs::File::create(&part).unwrap())
         .status()
         .unwrap();
     assert!(st.success(), "xz -dc {} failed", xz.display());
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    *cached = Some((xz, size, bin.clone()));
+    std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&part, &bin).unwrap();
     bin
 }
 
