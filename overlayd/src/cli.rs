@@ -112,6 +112,11 @@ pub struct Flags {
     )]
     pub net_config_path: PathBuf,
 
+    /// With --kube-subnet-mgr: set the Node condition NetworkUnavailable=False (reason FlannelIsUp) once routes are in place (flannel's flag; false leaves the condition to e.g. a cloud route controller).
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub set_node_network_unavailable: bool,
+
     /// Address the health endpoint listens on (/healthz, /readyz, /metrics).
     #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
     pub healthz_ip: std::net::IpAddr,
@@ -245,6 +250,12 @@ mod tests {
         assert!(f.iptables_forward_rules);
         assert_eq!(f.subnet_lease_ttl, Duration::from_secs(86400));
         assert_eq!(f.resync_interval, Duration::from_secs(30));
+        assert!(f.set_node_network_unavailable);
+        assert!(
+            !parse(&["--set-node-network-unavailable=false"])
+                .unwrap()
+                .set_node_network_unavailable
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod etcd;
 pub mod keys;
+pub mod kube;
 
 use async_trait::async_trait;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -91,6 +92,12 @@ impl LeaseSnapshot {
 
     pub fn insert(&mut self, lease: Lease) {
         self.leases.insert(lease.subnet, Arc::new(lease));
+    }
+
+    /// Inserts a lease the caller already shares (a store that rebuilds
+    /// snapshots keeps unchanged leases pointer-equal this way).
+    pub fn insert_shared(&mut self, lease: Arc<Lease>) {
+        self.leases.insert(lease.subnet, lease);
     }
 
     /// Keeps `lease` (shared) unless an equal one is already there, so an
