@@ -39,8 +39,6 @@ pub enum Error {
     #[error("{0}")]
     CheckFailed(String),
     #[error("{0}")]
-    BridgeConflict(String),
-    #[error("{0}")]
     IpUnavailable(String),
     #[error("{what}: already exists")]
     Exists { what: String },
@@ -79,7 +77,6 @@ impl Error {
             Error::Duplicate(_) => 101,
             Error::IfaceExists { .. } => 102,
             Error::CheckFailed(_) => 103,
-            Error::BridgeConflict(_) => 104,
             Error::IpUnavailable(_) => 105,
             Error::Exists { .. }
             | Error::NotFound { .. }

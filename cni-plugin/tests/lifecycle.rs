@@ -157,19 +157,21 @@ fn add_repairs_a_bridge_address_left_from_an_old_subnet() {
 }
 
 #[test]
-fn add_refuses_to_repair_the_bridge_while_a_pod_uses_the_old_subnet() {
-    let node = node_with_old_bridge("norepair");
+fn old_gateway_stays_beside_the_new_while_a_pod_uses_the_old_subnet() {
+    let node = node_with_old_bridge("keepold");
     node.reserve("10.244.9.5", "old-pod", "eth0");
-    let pod = Pod::new("norepair");
-    let text = node.add(&pod, &node.conf("1.0.0")).err_code(104);
-    assert!(
-        text.contains("10.244.9.") && text.contains("cni0"),
-        "error should name the bridge and the old subnet: {text}"
-    );
-    assert_eq!(node.addrs("cni0"), vec!["10.244.9.1/24".to_string()]);
-    assert!(node.veths().is_empty(), "veth left: {:?}", node.veths());
-    assert_eq!(node.ip_files(), vec!["10.244.9.5"]);
-    assert!(pod.link("eth0").is_none(), "eth0 left in pod");
+    let pod = Pod::new("keepold");
+    let r = node.add_ok(&pod, "1.0.0");
+    let mut addrs = node.addrs("cni0");
+    addrs.sort();
+    assert_eq!(addrs, vec!["10.244.1.1/24".to_string(), "10.244.9.1/24".to_string()]);
+    assert_eq!(result_ip(&r).0, "10.244.1.2");
+    assert!(pod.ping("10.244.1.1"), "new gateway unreachable");
+    // The old pod goes: the next ADD drops the old subnet's gateway.
+    node.release("10.244.9.5");
+    let other = Pod::new("keepold");
+    node.add_ok(&other, "1.0.0");
+    assert_eq!(node.addrs("cni0"), vec!["10.244.1.1/24".to_string()]);
 }
 
 #[test]

@@ -83,20 +83,20 @@ pub struct Flags {
           default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub ip_masq: bool,
 
-    /// Take the subnet from the Kubernetes API (Node.spec.podCIDR) instead of etcd. Not supported yet: overlayd exits with an error.
+    /// Take the subnet from the Kubernetes API (Node.spec.podCIDR) instead of etcd, and the peers from the other Nodes' annotations.
     #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true,
           default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub kube_subnet_mgr: bool,
 
-    /// Kubernetes API server URL (with --kube-subnet-mgr; accepted, not used yet).
+    /// Kubernetes API server URL (with --kube-subnet-mgr; default: in-cluster, or the kubeconfig's server).
     #[arg(long, env = "FLANNELD_KUBE_API_URL")]
     pub kube_api_url: Option<String>,
 
-    /// kubeconfig file (with --kube-subnet-mgr; accepted, not used yet).
+    /// kubeconfig file (with --kube-subnet-mgr; default: the in-cluster service account).
     #[arg(long, env = "FLANNELD_KUBECONFIG_FILE")]
     pub kubeconfig_file: Option<PathBuf>,
 
-    /// Node annotation prefix (with --kube-subnet-mgr; accepted, not used yet).
+    /// Node annotation prefix (with --kube-subnet-mgr); flannel's default, so felt and flannel nodes see each other.
     #[arg(
         long,
         env = "FLANNELD_KUBE_ANNOTATION_PREFIX",

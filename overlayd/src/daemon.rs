@@ -14,6 +14,7 @@ use crate::health::readiness::{Condition, Readiness};
 use crate::health::{self, Endpoints, HealthError};
 use crate::iface::{self, IfaceError, Selector};
 use crate::lease::etcd::{EtcdOptions, EtcdStore, EtcdTls};
+use crate::lease::kube::{KubeOptions, KubeStore};
 use crate::lease::{Lease, LeaseAttrs, LeaseError, LeaseRequest, LeaseSnapshot, LeaseStore};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, ReconcileError, Reconciler};
@@ -99,10 +100,31 @@ pub async fn run(flags: Flags) -> Result<(), DaemonError> {
         ),
         None => None,
     };
-    refuse_unsupported(&flags)?;
-    let store = connect(&etcd_options(&flags), &shared, &flags).await?;
+    let (store, public_ip): (Arc<dyn LeaseStore>, _) = if flags.kube_subnet_mgr {
+        let kube = connect_kube(&flags, &shared).await?;
+        // flannel's node-public-ip annotation wins over --public-ip, and
+        // is read before the interface is chosen.
+        let ip = with_backoff("cannot read this node", WAIT_MAX, |_| false, || kube.node_public_ip()).await?;
+        (Arc::new(kube), ip.or(flags.public_ip))
+    } else {
+        let etcd = connect(&etcd_options(&flags), &shared, &flags).await?;
+        (etcd, flags.public_ip)
+    };
     let cfg = load_config(store.as_ref()).await?;
-    start(flags, store, cfg, shared).await
+    start(flags, store, cfg, shared, public_ip).await
+}
+
+/// The Kubernetes lease store: bad flags or environment are fatal, an
+/// unreachable API server is waited for.
+async fn connect_kube(flags: &Flags, shared: &Shared) -> Result<KubeStore, DaemonError> {
+    let opts = KubeOptions::from_flags(flags);
+    let fatal = |e: &LeaseError| matches!(e, LeaseError::Config(_));
+    let store = with_backoff("cannot reach the Kubernetes API", WAIT_MAX, fatal, || {
+        KubeStore::connect(&opts, shared.metrics.clone())
+    })
+    .await?;
+    tracing::info!(node = store.node_name(), "Kubernetes subnet manager");
+    Ok(store.with_readiness(shared.readiness.clone()))
 }
 
 /// From a store and its config to the steady state.
@@ -111,6 +133,7 @@ async fn start(
     store: Arc<dyn LeaseStore>,
     cfg: NetworkConfig,
     shared: Shared,
+    public_ip: Option<Ipv4Addr>,
 ) -> Result<(), DaemonError> {
     if cfg.enable_ipv6 || !cfg.enable_ipv4 {
         return Err(DaemonError::Unsupported(
@@ -124,7 +147,7 @@ async fn start(
         ifaces: flags.iface.clone(),
         regexes: flags.iface_regex.clone(),
         can_reach: flags.iface_can_reach,
-        public_ip: flags.public_ip,
+        public_ip,
     })
     .await?;
     tracing::info!(iface = %ext.name, addr = %ext.iface_addr, public_ip = %ext.public_ip, mtu = ext.mtu, "using external interface");
@@ -248,16 +271,6 @@ async fn mark_ready_when(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RETRY_MAX);
     }
-}
-
-/// Flags felt accepts for compatibility but cannot honour yet.
-fn refuse_unsupported(flags: &Flags) -> Result<(), DaemonError> {
-    if flags.kube_subnet_mgr {
-        return Err(DaemonError::Unsupported(
-            "--kube-subnet-mgr is not yet supported by felt: use etcd (--etcd-endpoints)".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn etcd_options(flags: &Flags) -> EtcdOptions {

@@ -148,16 +148,17 @@ fn unsupported_and_invalid_flags_are_refused_clearly() {
     let etcd = Etcd::start_in(Some(&ns));
     let dir = scratch("kube");
     let f = dir.join("subnet.env");
+    // Kubernetes mode outside a Pod and without a kubeconfig: says what to give.
     let (ok, err) = run_to_end(overlayd(&ns, &etcd, &f, &["--kube-subnet-mgr"]));
     assert!(
-        !ok && err.contains("--kube-subnet-mgr is not yet supported"),
+        !ok && err.contains("give --kubeconfig-file or --kube-api-url"),
         "{err}"
     );
     let mut cmd = overlayd(&ns, &etcd, &f, &[]);
     cmd.env("FLANNELD_KUBE_SUBNET_MGR", "true");
     let (ok, err) = run_to_end(cmd);
     assert!(
-        !ok && err.contains("--kube-subnet-mgr is not yet supported"),
+        !ok && err.contains("give --kubeconfig-file or --kube-api-url"),
         "{err}"
     );
     // TLS files with a plain-http endpoint (Go's single-dash spelling).

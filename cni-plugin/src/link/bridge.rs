@@ -78,9 +78,13 @@ fn mac_pinned(name: &str) -> bool {
 }
 
 /// Makes sure the bridge carries `gateway` (gateway IP / subnet prefix).
-/// An address of the same family from an old subnet is replaced, unless
-/// `in_use(old)` says pods still hold addresses in it: then repairing would
-/// cut them off, so fail naming both subnets.
+/// An address of the same family from an old subnet (the node's podCIDR
+/// changed: its Node was deleted and re-registered) is removed, unless
+/// `in_use(old)` says pods still hold addresses in it: then it stays
+/// beside the new one, so those pods keep their gateway while new pods
+/// get the new subnet (flannel's bridge plugin fails every ADD here,
+/// "cni0 already has an IP address different from ..."). A later ADD
+/// removes it once no pod holds an address in it any more.
 pub fn ensure_gateway(
     sock: &mut Socket,
     bridge: &Link,
@@ -88,31 +92,30 @@ pub fn ensure_gateway(
     in_use: &dyn Fn(&IpNet) -> Result<bool>,
 ) -> Result<()> {
     let current = list_addrs(sock, bridge.index)?;
-    if current.contains(gateway) {
-        return Ok(());
-    }
     let stale: Vec<IpNet> = current
-        .into_iter()
+        .iter()
         .filter(|a| a.addr().is_ipv4() == gateway.addr().is_ipv4() && !is_link_local(a))
+        .filter(|a| a.trunc() != gateway.trunc())
+        .copied()
         .collect();
     for old in &stale {
-        if old.trunc() != gateway.trunc() && in_use(&old.trunc())? {
-            return Err(Error::BridgeConflict(format!(
-                "bridge {} has address {old} of subnet {} but this node's subnet is now {}; \
-                 pods still hold addresses in {}, delete them before the bridge can be readdressed",
+        if in_use(&old.trunc())? {
+            // A warning on stderr: the runtime's log shows it.
+            eprintln!(
+                "felt: bridge {} keeps {old} of the old subnet {} beside {gateway}: pods still hold addresses in it",
                 bridge.name,
-                old.trunc(),
-                gateway.trunc(),
                 old.trunc()
-            )));
+            );
+            continue;
         }
-    }
-    for old in &stale {
         let what = format!("remove stale address {old} from {}", bridge.name);
         match del_addr(sock, bridge.index, old, &what) {
             Err(e) if !e.is_not_found() => return Err(e),
             _ => {}
         }
+    }
+    if current.contains(gateway) {
+        return Ok(());
     }
     let what = format!("add gateway {gateway} to {}", bridge.name);
     match add_addr(sock, bridge.index, gateway, &what) {

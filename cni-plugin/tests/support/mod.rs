@@ -364,6 +364,11 @@ impl Node {
         .unwrap();
     }
 
+    /// Removes a reservation file made with [`Node::reserve`] (its pod is gone).
+    pub fn release(&self, ip: &str) {
+        std::fs::remove_file(self.ip_dir().join(ip)).unwrap();
+    }
+
     pub fn links(&self) -> Vec<Value> {
         ip_json(&self.ns, &["-d", "link", "show"])
     }

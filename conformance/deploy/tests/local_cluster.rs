@@ -1,13 +1,22 @@
-//! deploy/felt.yaml on a real Kubernetes v1.20.2 cluster without a CNI
-//! (../shared/kubernetes/local-node.sh: kube-apiserver with RBAC, kubelets
-//! and containerd 1.6 in network namespaces, REALNODE_CNI=none), with the
-//! image imported into each node: the init containers run in the kubelet's
-//! pods, install the plugin and the conflist into each node's /opt/cni/bin
-//! and /etc/cni/net.d, and the nodes turn Ready (the runtime accepts the
-//! conflist). The overlayd container is started from the same image.
+//! felt installed from deploy/ on a real Kubernetes v1.20.2 cluster
+//! (../shared/kubernetes/local-node.sh: kube-apiserver with RBAC, the
+//! controller-manager allocating podCIDRs, kubelets, containerd 1.6 and
+//! kube-proxy in network namespaces, REALNODE_CNI=none), felt's image
+//! imported into each node, applied as an operator would:
 //!
-//! The pod-to-pod checks (conformance/checks/cross-node.sh, what kind runs)
-//! belong here once overlayd's --kube-subnet-mgr routes between nodes.
+//! - the DaemonSet rolls out, both nodes go Ready, NetworkUnavailable is
+//!   False (FlannelIsUp) and flannel's annotations are on the Nodes;
+//! - the cross-node checks kind runs too (conformance/checks/cross-node.sh):
+//!   pods on the two nodes ping and talk TCP, a ClusterIP Service reaches
+//!   the other node's pod (kube-proxy), the API server answers through the
+//!   `kubernetes` Service — for vxlan (deploy/felt.yaml) and host-gw (its
+//!   overlay);
+//! - a DaemonSet rolling update to a new image tag under a 10 ms ping;
+//! - `kubectl delete node`: its routes leave the other node; the kubelet
+//!   registering again (new uid, new podCIDR): both nodes reprogrammed;
+//! - uninstall (`kubectl delete -f`): what stays and what goes; re-apply.
+//!
+//! Measured results are printed (rollout time, ping loss, route removal).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use felt_cluster::process::{locate_binary, run};
@@ -17,6 +26,7 @@ use felt_deploy::{tools, Manifest};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn local_node_sh() -> PathBuf {
     std::env::var_os("FELT_LOCAL_NODE")
@@ -32,11 +42,7 @@ struct LocalCluster {
 impl LocalCluster {
     fn start(work: &Path, nodes: u32, images: &Path) -> Self {
         let script = local_node_sh();
-        assert!(
-            script.is_file(),
-            "{} missing (set FELT_LOCAL_NODE)",
-            script.display()
-        );
+        assert!(script.is_file(), "{} missing (set FELT_LOCAL_NODE)", script.display());
         let cluster = LocalCluster {
             work: work.to_path_buf(),
         };
@@ -52,90 +58,329 @@ impl LocalCluster {
         cluster
     }
 
+    fn script(&self, verb: &str) -> Command {
+        let mut cmd = Command::new(local_node_sh());
+        cmd.arg(verb).arg(&self.work);
+        cmd
+    }
+
     fn kubectl(&self, args: &[&str]) -> String {
-        run(Command::new(local_node_sh())
-            .arg("kubectl")
-            .arg(&self.work)
-            .args(args))
-        .unwrap()
+        run(self.script("kubectl").args(args)).unwrap()
+    }
+
+    fn try_kubectl(&self, args: &[&str]) -> Result<String, String> {
+        run(self.script("kubectl").args(args)).map_err(|e| e.to_string())
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&all)).unwrap()
+    }
+
+    /// Runs `argv` inside node `n` (its netns and mount namespace).
+    fn on_node(&self, n: u32, argv: &[&str]) -> String {
+        run(self.script("node").arg(n.to_string()).args(argv)).unwrap()
+    }
+
+    fn import(&self, n: u32, tar: &Path) {
+        run(self.script("import").arg(n.to_string()).arg(tar)).unwrap();
+    }
+
+    /// The `KUBECTL` prefix cross-node.sh takes.
+    fn kubectl_prefix(&self) -> String {
+        format!("{} kubectl {}", local_node_sh().display(), self.work.display())
     }
 }
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        if self.work.join("tag").is_file() {
+        if std::thread::panicking() {
             let _ = Command::new(local_node_sh())
-                .arg("stop")
+                .args(["kubectl"])
                 .arg(&self.work)
+                .args(["-n", NAMESPACE, "logs", "-l", "app=felt", "--tail=40", "--all-containers"])
                 .status();
+        }
+        if self.work.join("tag").is_file() {
+            let _ = Command::new(local_node_sh()).arg("stop").arg(&self.work).status();
         }
     }
 }
 
-#[test]
-fn daemonset_installs_felt_on_a_real_cluster() {
+/// A scratch dir for one cluster (short: containerd's socket paths under
+/// it must stay below 108 bytes) and felt's image built into it.
+fn setup(tag: &str) -> (TempDir, PathBuf) {
     felt_common::testutil::require_root();
-    let felt = locate_binary("felt", "FELT_BIN").unwrap();
-    // short: containerd's socket paths under it must stay below 108 bytes
-    let dir = TempDir::new(Path::new(&format!(
-        "/tmp/felt-t-k8s-{}",
-        std::process::id()
-    )))
-    .unwrap();
-    let tar = dir.0.join("felt.tar");
-    run(Command::new(repo::deploy_dir().join("image/build.sh"))
-        .arg(&tar)
-        .env("FELT_BIN_DIR", felt.parent().unwrap()))
-    .unwrap();
-    let work = dir.0.join("w");
-    let cluster = LocalCluster::start(&work, 2, &tar);
-    let file = repo::deploy_dir().join("felt.yaml");
-    cluster.kubectl(&["apply", "-f", &file.display().to_string()]);
-    // Ready needs a CNI config the runtime loads: only felt's is there
-    cluster.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "node",
-        "--all",
-        "--timeout=240s",
-    ]);
+    let dir = TempDir::new(Path::new(&format!("/tmp/felt-t-k8s{tag}-{}", std::process::id()))).unwrap();
+    let tar = build_image(&dir.0, None);
+    (dir, tar)
+}
 
-    let m = Manifest::read(&file).unwrap();
-    let conflist = m.config_data("cni-conf.json").unwrap();
+fn build_image(dir: &Path, tag: Option<&str>) -> PathBuf {
+    let felt = locate_binary("felt", "FELT_BIN").unwrap();
+    let tar = dir.join(format!("felt-{}.tar", tag.unwrap_or("default")));
+    let mut cmd = Command::new(repo::deploy_dir().join("image/build.sh"));
+    cmd.arg(&tar).env("FELT_BIN_DIR", felt.parent().unwrap());
+    if let Some(t) = tag {
+        cmd.arg(t);
+    }
+    run(&mut cmd).unwrap();
+    tar
+}
+
+/// Applies `what` (`-f FILE` or `-k DIR`) and waits for the rollout and
+/// for every node Ready; returns the rollout time.
+fn install(c: &LocalCluster, what: &[&str]) -> Duration {
+    let start = Instant::now();
+    let mut apply = vec!["apply"];
+    apply.extend(what);
+    c.kubectl(&apply);
+    c.kubectl(&["-n", NAMESPACE, "rollout", "status", "ds/felt", "--timeout=300s"]);
+    let took = start.elapsed();
+    c.kubectl(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=240s"]);
+    took
+}
+
+/// NetworkUnavailable=False (FlannelIsUp) and flannel's annotations on
+/// every Node, with a podCIDR inside the network.
+fn check_nodes(c: &LocalCluster, backend: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = c.json(&["get", "nodes"]);
+        let problems: Vec<String> = nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|n| node_problems(n, backend))
+            .collect();
+        if problems.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{problems:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn node_problems(n: &Value, backend: &str) -> Vec<String> {
+    let name = n["metadata"]["name"].as_str().unwrap_or("?");
+    let ann = &n["metadata"]["annotations"];
+    let a = |k: &str| ann[format!("flannel.alpha.coreos.com/{k}")].as_str().map(String::from);
+    let mut out = Vec::new();
+    if a("kube-subnet-manager").as_deref() != Some("true") {
+        out.push(format!("{name}: no kube-subnet-manager=true"));
+    }
+    if a("backend-type").as_deref() != Some(backend) {
+        out.push(format!("{name}: backend-type {:?}", a("backend-type")));
+    }
+    if a("public-ip").is_none() {
+        out.push(format!("{name}: no public-ip"));
+    }
+    if backend == "vxlan" && !a("backend-data").is_some_and(|d| d.contains("\"VtepMAC\"")) {
+        out.push(format!("{name}: backend-data {:?}", a("backend-data")));
+    }
+    let cond = n["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "NetworkUnavailable"));
+    match cond {
+        Some(c) if c["status"] == "False" && c["reason"] == "FlannelIsUp" => {}
+        other => out.push(format!("{name}: NetworkUnavailable {other:?}")),
+    }
+    out
+}
+
+/// conformance/checks/cross-node.sh against this cluster.
+fn cross_node(c: &LocalCluster) {
+    let out = Command::new(repo::root().join("conformance/checks/cross-node.sh"))
+        .env("KUBECTL", c.kubectl_prefix())
+        .env("TIMEOUT", "180")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(out.status.success(), "cross-node checks failed:\n{text}");
+}
+
+fn podcidr(c: &LocalCluster, node: &str) -> String {
+    c.kubectl(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"])
+}
+
+#[test]
+fn vxlan_install_traffic_upgrade_membership_and_uninstall() {
+    let (dir, tar) = setup("v");
+    let c = LocalCluster::start(&dir.0.join("w"), 2, &tar);
+    let felt_yaml = repo::deploy_dir().join("felt.yaml");
+    let file = felt_yaml.display().to_string();
+    let rollout = install(&c, &["-f", &file]);
+    check_nodes(&c, "vxlan");
+    installed_files_are_the_manifests(&c, &felt_yaml);
+    cross_node(&c);
+    let loss = upgrade_under_ping(&c, &dir.0);
+    let (gone, back) = node_deleted_and_reregistered(&c);
+    let kept = uninstall_and_reapply(&c, &file);
+    eprintln!(
+        "vxlan on a real cluster: rollout {rollout:?}; upgrade ping loss {} of {} (target 0); \
+         routes left node1 {gone:?} after node2's deletion; node2 re-registered and both nodes \
+         reprogrammed after {back:?}; after uninstall: {kept}",
+        loss.1 - loss.0,
+        loss.1
+    );
+}
+
+#[test]
+fn host_gw_install_and_traffic() {
+    let (dir, tar) = setup("h");
+    let c = LocalCluster::start(&dir.0.join("w"), 2, &tar);
+    let overlay = repo::deploy_dir().join("overlays/host-gw");
+    let rollout = install(&c, &["-k", &overlay.display().to_string()]);
+    check_nodes(&c, "host-gw");
+    cross_node(&c);
+    eprintln!("host-gw on a real cluster: rollout {rollout:?}");
+}
+
+/// The init containers installed exactly the plugin and the conflist.
+fn installed_files_are_the_manifests(c: &LocalCluster, felt_yaml: &Path) {
+    let felt = locate_binary("felt", "FELT_BIN").unwrap();
+    let conflist = Manifest::read(felt_yaml).unwrap().config_data("cni-conf.json").unwrap();
     for n in 1..=2 {
-        let node = work.join(format!("n{n}/cni"));
-        assert_eq!(
-            std::fs::read(node.join("bin/felt")).unwrap(),
-            std::fs::read(&felt).unwrap()
-        );
-        assert_eq!(
-            std::fs::read_to_string(node.join("net.d/10-felt.conflist")).unwrap(),
-            conflist
-        );
+        let node = c.work.join(format!("n{n}/cni"));
+        assert_eq!(std::fs::read(node.join("bin/felt")).unwrap(), std::fs::read(&felt).unwrap());
+        assert_eq!(std::fs::read_to_string(node.join("net.d/10-felt.conflist")).unwrap(), conflist);
         let names: Vec<_> = std::fs::read_dir(node.join("net.d"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["10-felt.conflist"], "node{n}: temporary files left");
     }
-    let pods: Value =
-        serde_json::from_str(&cluster.kubectl(&["-n", NAMESPACE, "get", "pods", "-o", "json"]))
-            .unwrap();
-    let pods = pods["items"].as_array().unwrap();
-    assert_eq!(pods.len(), 2, "one felt pod per node");
-    for pod in pods {
-        let name = pod["metadata"]["name"].as_str().unwrap();
-        assert_eq!(pod["spec"]["hostNetwork"], true);
-        for init in pod["status"]["initContainerStatuses"].as_array().unwrap() {
-            assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{name}: {init}");
-        }
-        // the kubelet started overlayd from the image (whatever it then did)
-        let main = &pod["status"]["containerStatuses"][0];
-        assert_eq!(main["name"], "overlayd");
-        let started = ["running", "terminated"].iter().any(|s| {
-            main["state"][s]["startedAt"].is_string()
-                || main["lastState"][s]["startedAt"].is_string()
-        });
-        assert!(started, "{name}: overlayd never started: {main}");
+}
+
+/// Two busybox pods pinned to node1 and node2 (namespace `felt-ping`).
+fn ping_pods(c: &LocalCluster) -> String {
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: felt-ping}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: b, image: docker.io/library/busybox:1.35.0, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n---\n"
+        )
+    };
+    let yaml = format!("{}{}", pod("a", "node1"), pod("b", "node2"));
+    let file = c.work.join("ping-pods.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let _ = c.try_kubectl(&["create", "namespace", "felt-ping"]);
+    c.kubectl(&["apply", "-f", &file.display().to_string()]);
+    c.kubectl(&["-n", "felt-ping", "wait", "--for=condition=Ready", "pod/a", "pod/b", "--timeout=180s"]);
+    c.kubectl(&["-n", "felt-ping", "get", "pod", "b", "-o", "jsonpath={.status.podIP}"])
+}
+
+/// A rolling update to a new image tag while pod a pings pod b every
+/// 10 ms; returns (received, transmitted).
+fn upgrade_under_ping(c: &LocalCluster, dir: &Path) -> (u64, u64) {
+    let b_ip = ping_pods(c);
+    let tag = "0.1.0-next";
+    let tar = build_image(dir, Some(tag));
+    for n in 1..=2 {
+        c.import(n, &tar);
     }
+    let ping_log = dir.join("upgrade-ping.log");
+    let mut ping = c.script("kubectl");
+    ping.args(["-n", "felt-ping", "exec", "a", "--", "ping", "-i", "0.01", "-w", "60", &b_ip])
+        .stdout(std::fs::File::create(&ping_log).unwrap())
+        .stderr(std::process::Stdio::null());
+    let mut ping = ping.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let image = format!("docker.io/felt/felt:{tag}");
+    let set = format!("*={image}");
+    c.kubectl(&["-n", NAMESPACE, "set", "image", "ds/felt", &set]);
+    c.kubectl(&["-n", NAMESPACE, "rollout", "status", "ds/felt", "--timeout=300s"]);
+    let ds = c.json(&["-n", NAMESPACE, "get", "ds", "felt"]);
+    assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], image.as_str());
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ping.id() as i32), nix::sys::signal::Signal::SIGINT);
+    // kubectl exec ends when its ping does (60 s at most).
+    let _ = ping.wait();
+    let text = std::fs::read_to_string(&ping_log).unwrap_or_default();
+    ping_summary(&text).unwrap_or_else(|| panic!("no ping summary in {text}"))
+}
+
+/// busybox: "N packets transmitted, M packets received, ..."
+fn ping_summary(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let nums: Vec<u64> = line
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    Some((*nums.get(1)?, *nums.first()?))
+}
+
+/// node1's route to `cidr` (empty when none).
+fn route_on_node1(c: &LocalCluster, cidr: &str) -> String {
+    c.on_node(1, &["ip", "route", "show", cidr]).trim().to_string()
+}
+
+/// `kubectl delete node node2`: its route leaves node1. Its kubelet,
+/// restarted, registers anew with another podCIDR: node1 routes to that,
+/// node2 to node1. Returns (route removal time, reprogramming time).
+fn node_deleted_and_reregistered(c: &LocalCluster) -> (Duration, Duration) {
+    let old = podcidr(c, "node2");
+    assert!(!route_on_node1(c, &old).is_empty(), "no route to node2's {old} to begin with");
+    let start = Instant::now();
+    c.kubectl(&["delete", "node", "node2"]);
+    while !route_on_node1(c, &old).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "route to {old} kept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = start.elapsed();
+    let start = Instant::now();
+    run(c.script("restart-kubelet").arg("2")).unwrap();
+    let mut new = String::new();
+    while new.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(180), "node2 did not come back with a podCIDR");
+        std::thread::sleep(Duration::from_millis(500));
+        new = c.try_kubectl(&["get", "node", "node2", "-o", "jsonpath={.spec.podCIDR}"]).unwrap_or_default();
+    }
+    c.kubectl(&["-n", NAMESPACE, "rollout", "status", "ds/felt", "--timeout=300s"]);
+    c.kubectl(&["wait", "--for=condition=Ready", "node", "node2", "--timeout=240s"]);
+    let node1 = podcidr(c, "node1");
+    loop {
+        let to2 = route_on_node1(c, &new);
+        let to1 = c.on_node(2, &["ip", "route", "show", &node1]);
+        if !to2.is_empty() && !to1.trim().is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(180), "node1 -> {new}: {to2:?}; node2 -> {node1}: {to1:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let back = start.elapsed();
+    assert_ne!(old, new, "node2 came back with the same podCIDR");
+    check_nodes(c, "vxlan");
+    cross_node(c);
+    (gone, back)
+}
+
+/// `kubectl delete -f felt.yaml`: felt's objects and pods go; the plugin,
+/// the conflist, subnet.env, the datapath and the rules stay on the
+/// nodes (pods keep their network); applying again works.
+fn uninstall_and_reapply(c: &LocalCluster, file: &str) -> String {
+    c.kubectl(&["delete", "-f", file, "--wait=true", "--timeout=120s"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.try_kubectl(&["get", "namespace", NAMESPACE]).is_ok() {
+        assert!(Instant::now() < deadline, "namespace {NAMESPACE} not gone");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(c.try_kubectl(&["get", "clusterrole", "felt"]).is_err(), "ClusterRole kept");
+    for n in 1..=2 {
+        let node = c.work.join(format!("n{n}"));
+        assert!(node.join("cni/bin/felt").is_file(), "node{n}: plugin removed");
+        assert!(node.join("cni/net.d/10-felt.conflist").is_file(), "node{n}: conflist removed");
+        assert!(node.join("run/flannel/subnet.env").is_file(), "node{n}: subnet.env removed");
+        let link = c.on_node(n, &["ip", "-o", "link", "show", "flannel.1"]);
+        assert!(!link.is_empty(), "node{n}: flannel.1 removed");
+        let rules = c.on_node(n, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+        assert_eq!(rules.lines().count(), 7, "node{n}: masquerade rules: {rules}");
+    }
+    // Pods keep their network without felt running.
+    let b_ip = c.kubectl(&["-n", "felt-ping", "get", "pod", "b", "-o", "jsonpath={.status.podIP}"]);
+    c.kubectl(&["-n", "felt-ping", "exec", "a", "--", "ping", "-c", "3", "-W", "2", &b_ip]);
+    let rollout = install(c, &["-f", file]);
+    check_nodes(c, "vxlan");
+    cross_node(c);
+    format!("plugin, conflist, subnet.env, flannel.1 and the rules kept, pods still talking; re-applied in {rollout:?}")
 }
