@@ -23,7 +23,8 @@ PACKAGES=(
   etcd-server etcd-client       # the real lease store (etcd v3) and etcdctl
   iperf3                        # throughput in the demo, tests and benchmarks
   ethtool                       # udp datapath tests/bench: veth GRO, flannel0 offload flags
-  nftables                      # nft: masquerade rules, root-namespace checks
+  nftables                      # nft: masquerade rules (nftables mode), root-namespace checks
+  iptables                      # iptables-{nft,legacy}-{save,restore}: masquerade rules (iptables mode), flannel takeover
   golang-go                     # builds the libcni conformance driver ...
   golang-github-appc-cni-dev    # ... against Debian's libcni (offline)
   containernetworking-plugins   # the reference bridge + host-local (benchmark)

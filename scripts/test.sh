@@ -42,6 +42,8 @@ root_state() {
   ip -6 route show table all | sort
   ip -4 -o addr show | awk '{print $2, $4}' | sort
   nft list ruleset 2>/dev/null | grep -c . || true
+  # The firewall tests also use iptables-legacy (in their namespaces only).
+  iptables-legacy-save 2>/dev/null | grep -c '^[:-]' || true
 }
 before=$(root_state)
 

@@ -164,7 +164,10 @@ fn old_gateway_stays_beside_the_new_while_a_pod_uses_the_old_subnet() {
     let r = node.add_ok(&pod, "1.0.0");
     let mut addrs = node.addrs("cni0");
     addrs.sort();
-    assert_eq!(addrs, vec!["10.244.1.1/24".to_string(), "10.244.9.1/24".to_string()]);
+    assert_eq!(
+        addrs,
+        vec!["10.244.1.1/24".to_string(), "10.244.9.1/24".to_string()]
+    );
     assert_eq!(result_ip(&r).0, "10.244.1.2");
     assert!(pod.ping("10.244.1.1"), "new gateway unreachable");
     // The old pod goes: the next ADD drops the old subnet's gateway.

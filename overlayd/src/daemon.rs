@@ -104,7 +104,13 @@ pub async fn run(flags: Flags) -> Result<(), DaemonError> {
         let kube = connect_kube(&flags, &shared).await?;
         // flannel's node-public-ip annotation wins over --public-ip, and
         // is read before the interface is chosen.
-        let ip = with_backoff("cannot read this node", WAIT_MAX, |_| false, || kube.node_public_ip()).await?;
+        let ip = with_backoff(
+            "cannot read this node",
+            WAIT_MAX,
+            |_| false,
+            || kube.node_public_ip(),
+        )
+        .await?;
         (Arc::new(kube), ip.or(flags.public_ip))
     } else {
         let etcd = connect(&etcd_options(&flags), &shared, &flags).await?;
@@ -172,11 +178,7 @@ async fn start(
         masquerade: flags.ip_masq,
         forward: flags.iptables_forward_rules,
     };
-    let mode = if cfg.enable_nftables {
-        Mode::Nftables
-    } else {
-        Mode::Iptables
-    };
+    let mode = Mode::from_enable_nftables(cfg.enable_nftables);
     let firewall = start_firewall(&rules, mode, &shared).await?;
     write_subnet_file(
         &flags.subnet_file,
@@ -243,9 +245,9 @@ async fn start_firewall(
     shared: &Shared,
 ) -> Result<Option<Arc<dyn Firewall>>, DaemonError> {
     let wanted = rules.masquerade || rules.forward;
-    let fw: Arc<dyn Firewall> = match firewall::build(mode).await {
+    let fw: Arc<dyn Firewall> = match firewall::build(mode) {
         Ok(fw) => Arc::from(fw),
-        Err(FirewallError::Missing { .. }) if !wanted => {
+        Err(FirewallError::MissingBinary { .. }) if !wanted => {
             shared.readiness.ok(Condition::Rules, "none wanted");
             return Ok(None);
         }

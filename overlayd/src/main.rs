@@ -29,15 +29,15 @@ fn main() -> ExitCode {
 /// `--uninstall-rules`: every masquerade/forward rule felt or flannel
 /// installed goes, in both modes; nothing else is touched.
 async fn uninstall_rules() -> ExitCode {
-    let errors = overlayd::firewall::uninstall_all().await;
-    for e in &errors {
-        tracing::error!("{e}");
-    }
-    if errors.is_empty() {
-        tracing::info!("masquerade and forward rules removed");
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match overlayd::firewall::uninstall_all().await {
+        Ok(()) => {
+            tracing::info!("masquerade and forward rules removed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

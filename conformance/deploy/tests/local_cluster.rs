@@ -42,7 +42,11 @@ struct LocalCluster {
 impl LocalCluster {
     fn start(work: &Path, nodes: u32, images: &Path) -> Self {
         let script = local_node_sh();
-        assert!(script.is_file(), "{} missing (set FELT_LOCAL_NODE)", script.display());
+        assert!(
+            script.is_file(),
+            "{} missing (set FELT_LOCAL_NODE)",
+            script.display()
+        );
         let cluster = LocalCluster {
             work: work.to_path_buf(),
         };
@@ -89,7 +93,11 @@ impl LocalCluster {
 
     /// The `KUBECTL` prefix cross-node.sh takes.
     fn kubectl_prefix(&self) -> String {
-        format!("{} kubectl {}", local_node_sh().display(), self.work.display())
+        format!(
+            "{} kubectl {}",
+            local_node_sh().display(),
+            self.work.display()
+        )
     }
 }
 
@@ -99,11 +107,22 @@ impl Drop for LocalCluster {
             let _ = Command::new(local_node_sh())
                 .args(["kubectl"])
                 .arg(&self.work)
-                .args(["-n", NAMESPACE, "logs", "-l", "app=felt", "--tail=40", "--all-containers"])
+                .args([
+                    "-n",
+                    NAMESPACE,
+                    "logs",
+                    "-l",
+                    "app=felt",
+                    "--tail=40",
+                    "--all-containers",
+                ])
                 .status();
         }
         if self.work.join("tag").is_file() {
-            let _ = Command::new(local_node_sh()).arg("stop").arg(&self.work).status();
+            let _ = Command::new(local_node_sh())
+                .arg("stop")
+                .arg(&self.work)
+                .status();
         }
     }
 }
@@ -112,7 +131,11 @@ impl Drop for LocalCluster {
 /// it must stay below 108 bytes) and felt's image built into it.
 fn setup(tag: &str) -> (TempDir, PathBuf) {
     felt_common::testutil::require_root();
-    let dir = TempDir::new(Path::new(&format!("/tmp/felt-t-k8s{tag}-{}", std::process::id()))).unwrap();
+    let dir = TempDir::new(Path::new(&format!(
+        "/tmp/felt-t-k8s{tag}-{}",
+        std::process::id()
+    )))
+    .unwrap();
     let tar = build_image(&dir.0, None);
     (dir, tar)
 }
@@ -136,9 +159,22 @@ fn install(c: &LocalCluster, what: &[&str]) -> Duration {
     let mut apply = vec!["apply"];
     apply.extend(what);
     c.kubectl(&apply);
-    c.kubectl(&["-n", NAMESPACE, "rollout", "status", "ds/felt", "--timeout=300s"]);
+    c.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "ds/felt",
+        "--timeout=300s",
+    ]);
     let took = start.elapsed();
-    c.kubectl(&["wait", "--for=condition=Ready", "node", "--all", "--timeout=240s"]);
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "node",
+        "--all",
+        "--timeout=240s",
+    ]);
     took
 }
 
@@ -165,7 +201,11 @@ fn check_nodes(c: &LocalCluster, backend: &str) {
 fn node_problems(n: &Value, backend: &str) -> Vec<String> {
     let name = n["metadata"]["name"].as_str().unwrap_or("?");
     let ann = &n["metadata"]["annotations"];
-    let a = |k: &str| ann[format!("flannel.alpha.coreos.com/{k}")].as_str().map(String::from);
+    let a = |k: &str| {
+        ann[format!("flannel.alpha.coreos.com/{k}")]
+            .as_str()
+            .map(String::from)
+    };
     let mut out = Vec::new();
     if a("kube-subnet-manager").as_deref() != Some("true") {
         out.push(format!("{name}: no kube-subnet-manager=true"));
@@ -196,7 +236,11 @@ fn cross_node(c: &LocalCluster) {
         .env("TIMEOUT", "180")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{text}");
     assert!(out.status.success(), "cross-node checks failed:\n{text}");
 }
@@ -241,11 +285,20 @@ fn host_gw_install_and_traffic() {
 /// The init containers installed exactly the plugin and the conflist.
 fn installed_files_are_the_manifests(c: &LocalCluster, felt_yaml: &Path) {
     let felt = locate_binary("felt", "FELT_BIN").unwrap();
-    let conflist = Manifest::read(felt_yaml).unwrap().config_data("cni-conf.json").unwrap();
+    let conflist = Manifest::read(felt_yaml)
+        .unwrap()
+        .config_data("cni-conf.json")
+        .unwrap();
     for n in 1..=2 {
         let node = c.work.join(format!("n{n}/cni"));
-        assert_eq!(std::fs::read(node.join("bin/felt")).unwrap(), std::fs::read(&felt).unwrap());
-        assert_eq!(std::fs::read_to_string(node.join("net.d/10-felt.conflist")).unwrap(), conflist);
+        assert_eq!(
+            std::fs::read(node.join("bin/felt")).unwrap(),
+            std::fs::read(&felt).unwrap()
+        );
+        assert_eq!(
+            std::fs::read_to_string(node.join("net.d/10-felt.conflist")).unwrap(),
+            conflist
+        );
         let names: Vec<_> = std::fs::read_dir(node.join("net.d"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -266,8 +319,24 @@ fn ping_pods(c: &LocalCluster) -> String {
     std::fs::write(&file, yaml).unwrap();
     let _ = c.try_kubectl(&["create", "namespace", "felt-ping"]);
     c.kubectl(&["apply", "-f", &file.display().to_string()]);
-    c.kubectl(&["-n", "felt-ping", "wait", "--for=condition=Ready", "pod/a", "pod/b", "--timeout=180s"]);
-    c.kubectl(&["-n", "felt-ping", "get", "pod", "b", "-o", "jsonpath={.status.podIP}"])
+    c.kubectl(&[
+        "-n",
+        "felt-ping",
+        "wait",
+        "--for=condition=Ready",
+        "pod/a",
+        "pod/b",
+        "--timeout=180s",
+    ]);
+    c.kubectl(&[
+        "-n",
+        "felt-ping",
+        "get",
+        "pod",
+        "b",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])
 }
 
 /// A rolling update to a new image tag while pod a pings pod b every
@@ -281,19 +350,44 @@ fn upgrade_under_ping(c: &LocalCluster, dir: &Path) -> (u64, u64) {
     }
     let ping_log = dir.join("upgrade-ping.log");
     let mut ping = c.script("kubectl");
-    ping.args(["-n", "felt-ping", "exec", "a", "--", "ping", "-i", "0.01", "-w", "60", &b_ip])
-        .stdout(std::fs::File::create(&ping_log).unwrap())
-        .stderr(std::process::Stdio::null());
+    ping.args([
+        "-n",
+        "felt-ping",
+        "exec",
+        "a",
+        "--",
+        "ping",
+        "-i",
+        "0.01",
+        "-w",
+        "60",
+        &b_ip,
+    ])
+    .stdout(std::fs::File::create(&ping_log).unwrap())
+    .stderr(std::process::Stdio::null());
     let mut ping = ping.spawn().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let image = format!("docker.io/felt/felt:{tag}");
     let set = format!("*={image}");
     c.kubectl(&["-n", NAMESPACE, "set", "image", "ds/felt", &set]);
-    c.kubectl(&["-n", NAMESPACE, "rollout", "status", "ds/felt", "--timeout=300s"]);
+    c.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "ds/felt",
+        "--timeout=300s",
+    ]);
     let ds = c.json(&["-n", NAMESPACE, "get", "ds", "felt"]);
-    assert_eq!(ds["spec"]["template"]["spec"]["containers"][0]["image"], image.as_str());
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        image.as_str()
+    );
     std::thread::sleep(Duration::from_secs(2));
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ping.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ping.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
     // kubectl exec ends when its ping does (60 s at most).
     let _ = ping.wait();
     let text = std::fs::read_to_string(&ping_log).unwrap_or_default();
@@ -312,7 +406,9 @@ fn ping_summary(text: &str) -> Option<(u64, u64)> {
 
 /// node1's route to `cidr` (empty when none).
 fn route_on_node1(c: &LocalCluster, cidr: &str) -> String {
-    c.on_node(1, &["ip", "route", "show", cidr]).trim().to_string()
+    c.on_node(1, &["ip", "route", "show", cidr])
+        .trim()
+        .to_string()
 }
 
 /// `kubectl delete node node2`: its route leaves node1. Its kubelet,
@@ -320,11 +416,17 @@ fn route_on_node1(c: &LocalCluster, cidr: &str) -> String {
 /// node2 to node1. Returns (route removal time, reprogramming time).
 fn node_deleted_and_reregistered(c: &LocalCluster) -> (Duration, Duration) {
     let old = podcidr(c, "node2");
-    assert!(!route_on_node1(c, &old).is_empty(), "no route to node2's {old} to begin with");
+    assert!(
+        !route_on_node1(c, &old).is_empty(),
+        "no route to node2's {old} to begin with"
+    );
     let start = Instant::now();
     c.kubectl(&["delete", "node", "node2"]);
     while !route_on_node1(c, &old).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(60), "route to {old} kept");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "route to {old} kept"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let gone = start.elapsed();
@@ -332,12 +434,30 @@ fn node_deleted_and_reregistered(c: &LocalCluster) -> (Duration, Duration) {
     run(c.script("restart-kubelet").arg("2")).unwrap();
     let mut new = String::new();
     while new.is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(180), "node2 did not come back with a podCIDR");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "node2 did not come back with a podCIDR"
+        );
         std::thread::sleep(Duration::from_millis(500));
-        new = c.try_kubectl(&["get", "node", "node2", "-o", "jsonpath={.spec.podCIDR}"]).unwrap_or_default();
+        new = c
+            .try_kubectl(&["get", "node", "node2", "-o", "jsonpath={.spec.podCIDR}"])
+            .unwrap_or_default();
     }
-    c.kubectl(&["-n", NAMESPACE, "rollout", "status", "ds/felt", "--timeout=300s"]);
-    c.kubectl(&["wait", "--for=condition=Ready", "node", "node2", "--timeout=240s"]);
+    c.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "ds/felt",
+        "--timeout=300s",
+    ]);
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "node",
+        "node2",
+        "--timeout=240s",
+    ]);
     let node1 = podcidr(c, "node1");
     loop {
         let to2 = route_on_node1(c, &new);
@@ -345,7 +465,10 @@ fn node_deleted_and_reregistered(c: &LocalCluster) -> (Duration, Duration) {
         if !to2.is_empty() && !to1.trim().is_empty() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(180), "node1 -> {new}: {to2:?}; node2 -> {node1}: {to1:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "node1 -> {new}: {to2:?}; node2 -> {node1}: {to1:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let back = start.elapsed();
@@ -365,20 +488,56 @@ fn uninstall_and_reapply(c: &LocalCluster, file: &str) -> String {
         assert!(Instant::now() < deadline, "namespace {NAMESPACE} not gone");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(c.try_kubectl(&["get", "clusterrole", "felt"]).is_err(), "ClusterRole kept");
+    assert!(
+        c.try_kubectl(&["get", "clusterrole", "felt"]).is_err(),
+        "ClusterRole kept"
+    );
     for n in 1..=2 {
         let node = c.work.join(format!("n{n}"));
-        assert!(node.join("cni/bin/felt").is_file(), "node{n}: plugin removed");
-        assert!(node.join("cni/net.d/10-felt.conflist").is_file(), "node{n}: conflist removed");
-        assert!(node.join("run/flannel/subnet.env").is_file(), "node{n}: subnet.env removed");
+        assert!(
+            node.join("cni/bin/felt").is_file(),
+            "node{n}: plugin removed"
+        );
+        assert!(
+            node.join("cni/net.d/10-felt.conflist").is_file(),
+            "node{n}: conflist removed"
+        );
+        assert!(
+            node.join("run/flannel/subnet.env").is_file(),
+            "node{n}: subnet.env removed"
+        );
         let link = c.on_node(n, &["ip", "-o", "link", "show", "flannel.1"]);
         assert!(!link.is_empty(), "node{n}: flannel.1 removed");
         let rules = c.on_node(n, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
-        assert_eq!(rules.lines().count(), 7, "node{n}: masquerade rules: {rules}");
+        assert_eq!(
+            rules.lines().count(),
+            7,
+            "node{n}: masquerade rules: {rules}"
+        );
     }
     // Pods keep their network without felt running.
-    let b_ip = c.kubectl(&["-n", "felt-ping", "get", "pod", "b", "-o", "jsonpath={.status.podIP}"]);
-    c.kubectl(&["-n", "felt-ping", "exec", "a", "--", "ping", "-c", "3", "-W", "2", &b_ip]);
+    let b_ip = c.kubectl(&[
+        "-n",
+        "felt-ping",
+        "get",
+        "pod",
+        "b",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ]);
+    c.kubectl(&[
+        "-n",
+        "felt-ping",
+        "exec",
+        "a",
+        "--",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "2",
+        &b_ip,
+    ]);
     let rollout = install(c, &["-f", file]);
     check_nodes(c, "vxlan");
     cross_node(c);

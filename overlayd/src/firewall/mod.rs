@@ -1,53 +1,48 @@
-//! Masquerade and forward rules with flannel's semantics (--ip-masq,
-//! --iptables-forward-rules), in one of two rule backends chosen by
-//! net-conf.json's EnableNFTables:
+//! The masquerade and forward rules of the pod network, with flannel's
+//! semantics (`--ip-masq`, `--iptables-forward-rules`), in one of two
+//! rule backends chosen by net-conf.json's `EnableNFTables`:
 //!
-//! - **nftables** (`nft.rs`): felt's own table `ip felt`, replaced as one
-//!   atomic `nft -f` transaction;
-//! - **iptables** (`iptables.rs`): flannel's chains FLANNEL-POSTRTG and
-//!   FLANNEL-FWD, replaced atomically per table with
-//!   `iptables-restore --noflush`, in whichever of iptables-legacy and
-//!   iptables-nft the node's kube-proxy uses.
+//! - [`Mode::Nftables`]: felt's own table `ip felt`, replaced as a whole
+//!   in one nft transaction ([`nft`]).
+//! - [`Mode::Iptables`]: flannel's chains `FLANNEL-POSTRTG` (nat) and
+//!   `FLANNEL-FWD` (filter), one `iptables-restore --noflush` per table,
+//!   in the iptables variant (legacy or nft) the host's kube-proxy uses
+//!   ([`iptables`], [`xtables`]).
 //!
-//! Rules are data (`RuleSet`, pure renderers); `ensure` reads what the
-//! kernel holds and writes only when something of felt's is missing or
-//! different, so a restart never rewrites (let alone flushes) rules that
-//! traffic depends on (flannel #2237). A node switched from flannel: its
-//! iptables chains are flannel's own names (taken over), its nftables
-//! tables are removed, and so are felt's rules of the other mode, so
-//! nothing is ever doubled. Rules are removed only by
-//! `overlayd --uninstall-rules`.
+//! [`Firewall::ensure`] reads the kernel first and writes nothing when the
+//! rules are already exactly right, so a restart never flushes rules that
+//! traffic depends on (flannel #2237). It also takes over from flannel
+//! and from felt's other mode, so no rule is ever installed twice.
 
 mod exec;
 pub mod iptables;
+pub mod netlink;
 pub mod nft;
+mod nft_parse;
+pub mod rules;
+pub mod xtables;
 
-use crate::health::readiness::{Condition, Readiness};
-use crate::metrics::Metrics;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use std::sync::Arc;
-use std::time::Duration;
 
-/// What felt's rules must do on this node.
+pub use exec::Tool;
+
+/// The rules one node needs. IPv4 only for now; an IPv6 network would be a
+/// second, optional (network, pod subnet) pair rendered by the same rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
-    /// The whole pod network (FLANNEL_NETWORK).
+    /// The cluster network (net-conf.json `Network`).
     pub network: Ipv4Net,
-    /// This node's pod subnet.
+    /// This node's pod subnet (its lease).
     pub pod_subnet: Ipv4Net,
-    /// Masquerade pod traffic leaving the pod network (--ip-masq).
+    /// Masquerade traffic leaving the pod network (`--ip-masq`).
     pub masquerade: bool,
-    /// Accept forwarding to and from the pod network (--iptables-forward-rules).
+    /// Accept forwarded traffic from and to the pod network
+    /// (flannel's `--iptables-forward-rules`, default true).
     pub forward: bool,
 }
 
-/// flannel's kube-proxy mark: packets kube-proxy will masquerade itself.
-pub const KUBE_PROXY_MARK: u32 = 0x4000;
-/// Multicast is never masqueraded.
-pub const MULTICAST: &str = "224.0.0.0/4";
-
-/// The rule backend.
+/// Which rule backend to use (net-conf.json `EnableNFTables`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Nftables,
@@ -55,88 +50,169 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Nftables => "nftables",
-            Mode::Iptables => "iptables",
+    pub fn from_enable_nftables(enable: bool) -> Self {
+        if enable {
+            Mode::Nftables
+        } else {
+            Mode::Iptables
         }
     }
 }
 
-/// What `ensure` found.
+/// What [`Firewall::ensure`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Everything was exactly right: nothing written.
+    /// Everything was exactly right; nothing was written.
     Unchanged,
-    /// Nothing of felt's was there (first start on this node).
+    /// Nothing of ours was there at this firewall's first round; the rules
+    /// were installed (possibly while removing flannel's or the other
+    /// mode's leftovers). Later rounds that find nothing report Repaired.
     Installed,
-    /// Something of felt's was missing or different, or another mode's or
-    /// flannel's rules had to go: re-applied.
+    /// Something of ours was missing, wrong or doubled, or leftovers had
+    /// to be removed; it was rewritten.
     Repaired,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error(
-        "`{binary}` is not installed (Debian package {package}); it is needed for {mode} rules"
-    )]
-    Missing {
-        binary: String,
+    /// A binary the rules need is not installed.
+    #[error("{binary} not found on PATH: install the Debian package \"{package}\"")]
+    MissingBinary {
+        binary: &'static str,
         package: &'static str,
-        mode: &'static str,
     },
-    #[error("`{command}` failed: {detail}")]
-    Command { command: String, detail: String },
-    #[error("cannot read {what}: {detail}")]
-    Parse { what: String, detail: String },
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        binary: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ran and failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// A listing the code cannot read (not a changed ruleset: that is
+    /// repaired, this is output in a format it does not know).
+    #[error("cannot read the output of {command}: {detail}")]
+    Parse { command: String, detail: String },
+    /// `uninstall` went on past these failures.
+    #[error("{} errors while removing rules: {}", .0.len(), join(.0))]
+    Several(Vec<FirewallError>),
 }
 
-/// A rule backend.
+fn join(errors: &[FirewallError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl FirewallError {
+    /// None for no errors, the error itself for one, `Several` otherwise.
+    pub(crate) fn collect(mut errors: Vec<FirewallError>) -> Result<(), FirewallError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(FirewallError::Several(errors)),
+        }
+    }
+}
+
+/// Installs and verifies the rules inside the network namespace of the
+/// calling thread (child processes inherit it).
 #[async_trait]
 pub trait Firewall: Send + Sync {
     fn mode(&self) -> Mode;
 
-    /// Makes felt's rules exactly `rules`, atomically, writing nothing when
-    /// they already are; removes the other mode's and flannel's leftovers.
+    /// Makes the kernel hold exactly `rules`; writes only when something
+    /// is missing or different.
     async fn ensure(&self, rules: &RuleSet) -> Result<Outcome, FirewallError>;
 
-    /// Removes felt's rules and flannel's (the takeover targets) of this
-    /// mode; keeps going past errors and returns all of them.
-    async fn uninstall(&self) -> Vec<FirewallError>;
+    /// Removes everything felt installed in either mode and flannel's
+    /// tables and chains; keeps going past errors and reports them all.
+    async fn uninstall(&self) -> Result<(), FirewallError>;
 }
 
-/// The backend for `mode`, or why it cannot run here.
-pub async fn build(mode: Mode) -> Result<Box<dyn Firewall>, FirewallError> {
-    match mode {
-        Mode::Nftables => Ok(Box::new(nft::Nftables::new().await?)),
-        Mode::Iptables => Ok(Box::new(iptables::Iptables::detect().await?)),
-    }
-}
-
-/// Removes every rule felt or flannel installed, both modes: for
-/// `overlayd --uninstall-rules`. A mode whose tools are missing has
-/// nothing installed by them; its absence is not an error.
-pub async fn uninstall_all() -> Vec<FirewallError> {
-    let mut errors = Vec::new();
-    for mode in [Mode::Nftables, Mode::Iptables] {
-        match build(mode).await {
-            Ok(fw) => errors.extend(fw.uninstall().await),
-            Err(FirewallError::Missing { .. }) => {}
-            Err(e) => errors.push(e),
+/// The firewall for `mode`. Fails early when the mode's own binary (`nft`
+/// or `iptables`) is not installed. The other mode's binaries are needed
+/// only to remove its leftovers; when one is missing then, that round
+/// fails with an error naming it and its package.
+pub fn build(mode: Mode) -> Result<Box<dyn Firewall>, FirewallError> {
+    Ok(match mode {
+        Mode::Nftables => {
+            Tool::Nft.require()?;
+            Box::new(nft::NftFirewall::new())
         }
+        Mode::Iptables => {
+            Tool::Iptables.require()?;
+            Box::new(iptables::IptablesFirewall::new())
+        }
+    })
+}
+
+/// Whether this firewall has ensured before: then a table or chain found
+/// missing was deleted since, which is a repair, not a first install.
+#[derive(Default)]
+pub(crate) struct History {
+    ensured: std::sync::atomic::AtomicBool,
+}
+
+impl History {
+    /// The outcome of a successful round; see [`outcome`].
+    pub(crate) fn outcome(
+        &self,
+        wrote_ours: bool,
+        removed_leftovers: bool,
+        had_ours: bool,
+    ) -> Outcome {
+        use std::sync::atomic::Ordering;
+        let before = self.ensured.swap(true, Ordering::Relaxed);
+        outcome(wrote_ours, removed_leftovers, had_ours || before)
     }
-    errors
+}
+
+/// The outcome of a round that rewrote ours (`wrote_ours`) and/or removed
+/// leftovers, given whether anything of ours existed before.
+pub(crate) fn outcome(wrote_ours: bool, removed_leftovers: bool, had_ours: bool) -> Outcome {
+    match (wrote_ours || removed_leftovers, had_ours) {
+        (false, _) => Outcome::Unchanged,
+        (true, false) if wrote_ours => Outcome::Installed,
+        _ => Outcome::Repaired,
+    }
+}
+
+/// Both modes' uninstall: felt's and flannel's nftables tables, then
+/// flannel's chains in every iptables variant and family.
+pub async fn uninstall_all() -> Result<(), FirewallError> {
+    let mut errors = Vec::new();
+    let inv = match netlink::inventory().await {
+        Ok(i) => i,
+        Err(e) => {
+            // Unknown is not "absent": assume everything may be there.
+            errors.push(e);
+            netlink::Inventory::everything()
+        }
+    };
+    if let Err(e) = nft::delete_tables(&nft::owned_tables(&inv.tables, true)).await {
+        errors.push(e);
+    }
+    errors.extend(xtables::remove_chains(None, &inv).await.errors);
+    FirewallError::collect(errors)
 }
 
 /// Keeps the rules in place: checks every `interval` and repairs what is
 /// missing, counting repairs and reporting the rules' readiness. Runs
 /// until dropped; errors are retried at the next check.
 pub async fn keep(
-    fw: Arc<dyn Firewall>,
+    fw: std::sync::Arc<dyn Firewall>,
     rules: RuleSet,
-    interval: Duration,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
+    interval: std::time::Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    readiness: std::sync::Arc<crate::health::readiness::Readiness>,
 ) {
     loop {
         tokio::time::sleep(interval).await;
@@ -148,26 +224,28 @@ pub async fn keep(
 pub async fn apply_once(
     fw: &dyn Firewall,
     rules: &RuleSet,
-    metrics: &Metrics,
-    readiness: &Readiness,
+    metrics: &crate::metrics::Metrics,
+    readiness: &crate::health::readiness::Readiness,
 ) -> bool {
+    use crate::health::readiness::Condition;
+    let mode = match fw.mode() {
+        Mode::Nftables => "nftables",
+        Mode::Iptables => "iptables",
+    };
     match fw.ensure(rules).await {
         Ok(outcome) => {
             match outcome {
                 Outcome::Unchanged => {}
-                Outcome::Installed => tracing::info!(
-                    mode = fw.mode().name(),
-                    "installed masquerade/forward rules"
-                ),
+                Outcome::Installed => tracing::info!(mode, "installed masquerade/forward rules"),
                 Outcome::Repaired => {
                     metrics.rule_repairs.inc();
                     tracing::warn!(
-                        mode = fw.mode().name(),
+                        mode,
                         "masquerade/forward rules were missing or changed; repaired"
                     );
                 }
             }
-            readiness.ok(Condition::Rules, fw.mode().name());
+            readiness.ok(Condition::Rules, mode);
             true
         }
         Err(e) => {
@@ -178,24 +256,5 @@ pub async fn apply_once(
     }
 }
 
-/// Installed or repaired: rules missing when this process has installed
-/// them before were removed by someone, which is a repair.
-fn written(nothing_before: bool, installed_before: &std::sync::atomic::AtomicBool) -> Outcome {
-    let again = installed_before.swap(true, std::sync::atomic::Ordering::SeqCst);
-    if nothing_before && !again {
-        Outcome::Installed
-    } else {
-        Outcome::Repaired
-    }
-}
-
-/// A short stable fingerprint of rendered rules (FNV-1a 32), so rules of
-/// another configuration are never mistaken for the wanted ones.
-fn fingerprint(text: &str) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
-}
+#[cfg(test)]
+mod unit_tests;
