@@ -20,6 +20,7 @@ use lease_util::req;
 use overlayd::lease::kube::{KubeStore, NodeIdentity};
 use overlayd::lease::{LeaseSnapshot, LeaseStore};
 use overlayd::metrics::Metrics;
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -28,14 +29,25 @@ use std::sync::Arc;
 /// the own lease listed and a new peer arrive on the watch, set the
 /// condition, renew. The first failure's message, if any.
 async fn scenario(api: &KubeApi, admin: &Client, i: usize) -> Result<(), String> {
+    scenario_as(api, admin, i, true).await
+}
+
+/// [`scenario`], the node named through its Pod (`by_pod`: POD_NAME and
+/// POD_NAMESPACE, as kube-flannel.yml does) or straight (NODE_NAME, as
+/// deploy/'s DaemonSet does).
+async fn scenario_as(api: &KubeApi, admin: &Client, i: usize, by_pod: bool) -> Result<(), String> {
     let me = format!("self-{i}");
     nodes::create(admin, &me, Some(&format!("10.5.{}.0/24", 10 + i)), &[]).await;
     let pod = format!("felt-{i}");
     create_pod(admin, &pod, &me).await;
     let (token, _) = kube_util::user(i);
-    let identity = NodeIdentity::Pod {
-        namespace: "kube-system".into(),
-        name: pod,
+    let identity = if by_pod {
+        NodeIdentity::Pod {
+            namespace: "kube-system".into(),
+            name: pod,
+        }
+    } else {
+        NodeIdentity::Node(me.clone())
     };
     let opts = options(api, identity, &token, VXLAN16);
     let store = KubeStore::connect(&opts, Arc::new(Metrics::new()))
@@ -162,6 +174,62 @@ fn each_missing_rule_fails_naming_the_verb_and_resource() {
             );
             assert!(err.contains("403"), "{err}");
             println!("without {} {}: {err}", missing.verb, missing.resource);
+        }
+    });
+}
+
+/// The rules of deploy/'s ClusterRole `felt`, read from the manifest
+/// operators apply (so a rule added or dropped there is tested here).
+fn deploy_rules() -> Vec<Rule> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/felt.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut rules = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        if v["kind"] != "ClusterRole" {
+            continue;
+        }
+        for r in v["rules"].as_array().unwrap() {
+            assert_eq!(r["apiGroups"], json!([""]), "{r}");
+            for res in r["resources"].as_array().unwrap() {
+                for verb in r["verbs"].as_array().unwrap() {
+                    rules.push(Rule {
+                        resource: Box::leak(res.as_str().unwrap().to_string().into_boxed_str()),
+                        verb: Box::leak(verb.as_str().unwrap().to_string().into_boxed_str()),
+                    });
+                }
+            }
+        }
+    }
+    assert!(!rules.is_empty(), "no ClusterRole in {path}");
+    rules
+}
+
+/// deploy/'s ClusterRole, with the node named as its DaemonSet names it
+/// (NODE_NAME): everything works; without any one of its rules it fails,
+/// naming the verb and resource.
+#[test]
+fn deploys_cluster_role_is_exactly_enough() {
+    let api = KubeApi::start(ApiOptions {
+        rbac: true,
+        tag: "krbacd".into(),
+    });
+    let rules = deploy_rules();
+    api.block_on(async {
+        let admin = setup(&api).await;
+        grant(&admin, 0, &rules).await;
+        scenario_as(&api, &admin, 0, false).await.unwrap();
+        for (i, missing) in rules.iter().enumerate() {
+            let fewer: Vec<Rule> = rules.iter().copied().filter(|r| r != missing).collect();
+            grant(&admin, i + 1, &fewer).await;
+            let err = scenario_as(&api, &admin, i + 1, false)
+                .await
+                .expect_err(&format!("worked without {missing:?}"));
+            let phrase = format!("cannot {} resource \"{}\"", missing.verb, missing.resource);
+            assert!(
+                err.contains(&phrase),
+                "without {missing:?} the error was: {err}"
+            );
         }
     });
 }

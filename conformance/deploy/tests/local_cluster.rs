@@ -259,6 +259,7 @@ fn vxlan_install_traffic_upgrade_membership_and_uninstall() {
     check_nodes(&c, "vxlan");
     installed_files_are_the_manifests(&c, &felt_yaml);
     cross_node(&c);
+    flannel_node_routed_both_ways(&c);
     let loss = upgrade_under_ping(&c, &dir.0);
     let (gone, back) = node_deleted_and_reregistered(&c);
     let kept = uninstall_and_reapply(&c, &file);
@@ -307,8 +308,9 @@ fn installed_files_are_the_manifests(c: &LocalCluster, felt_yaml: &Path) {
     }
 }
 
-/// Two busybox pods pinned to node1 and node2 (namespace `felt-ping`).
-fn ping_pods(c: &LocalCluster) -> String {
+/// Two busybox pods pinned to node1 and node2 (namespace `felt-ping`);
+/// their addresses.
+fn ping_pods(c: &LocalCluster) -> (String, String) {
     let pod = |name: &str, node: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: felt-ping}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: b, image: docker.io/library/busybox:1.35.0, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}\n---\n"
@@ -328,21 +330,24 @@ fn ping_pods(c: &LocalCluster) -> String {
         "pod/b",
         "--timeout=180s",
     ]);
-    c.kubectl(&[
-        "-n",
-        "felt-ping",
-        "get",
-        "pod",
-        "b",
-        "-o",
-        "jsonpath={.status.podIP}",
-    ])
+    let ip = |p: &str| {
+        c.kubectl(&[
+            "-n",
+            "felt-ping",
+            "get",
+            "pod",
+            p,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])
+    };
+    (ip("a"), ip("b"))
 }
 
 /// A rolling update to a new image tag while pod a pings pod b every
 /// 10 ms; returns (received, transmitted).
 fn upgrade_under_ping(c: &LocalCluster, dir: &Path) -> (u64, u64) {
-    let b_ip = ping_pods(c);
+    let (_, b_ip) = ping_pods(c);
     let tag = "0.1.0-next";
     let tar = build_image(dir, Some(tag));
     for n in 1..=2 {
@@ -391,7 +396,9 @@ fn upgrade_under_ping(c: &LocalCluster, dir: &Path) -> (u64, u64) {
     // kubectl exec ends when its ping does (60 s at most).
     let _ = ping.wait();
     let text = std::fs::read_to_string(&ping_log).unwrap_or_default();
-    ping_summary(&text).unwrap_or_else(|| panic!("no ping summary in {text}"))
+    let (got, sent) = ping_summary(&text).unwrap_or_else(|| panic!("no ping summary in {text}"));
+    eprintln!("rolling update to {tag}: ping every 10 ms, {got}/{sent} replies");
+    (got, sent)
 }
 
 /// busybox: "N packets transmitted, M packets received, ..."
@@ -473,8 +480,13 @@ fn node_deleted_and_reregistered(c: &LocalCluster) -> (Duration, Duration) {
     }
     let back = start.elapsed();
     assert_ne!(old, new, "node2 came back with the same podCIDR");
+    eprintln!("node2 deleted: route to {old} gone after {gone:?}; back as {new}, reprogrammed after {back:?}");
     check_nodes(c, "vxlan");
     cross_node(c);
+    // Pod b outlived its Node with an address of the old podCIDR, which
+    // nothing routes any more: pods of a re-created Node are recreated.
+    c.kubectl(&["-n", "felt-ping", "delete", "pod", "b", "--wait=true"]);
+    ping_pods(c);
     (gone, back)
 }
 
@@ -542,4 +554,158 @@ fn uninstall_and_reapply(c: &LocalCluster, file: &str) -> String {
     check_nodes(c, "vxlan");
     cross_node(c);
     format!("plugin, conflist, subnet.env, flannel.1 and the rules kept, pods still talking; re-applied in {rollout:?}")
+}
+
+const FLANNEL_SUBNET: &str = "10.244.200.0/24";
+const FLANNEL_MAC: &str = "5a:e8:17:2b:9c:01";
+const FLANNEL_IP: &str = "10.250.0.50";
+
+/// A node annotated by hand exactly as flannel annotates its Node (vxlan),
+/// with flannel's datapath built by hand in a namespace on the cluster's
+/// underlay: felt's nodes route to it, it routes to them (from their
+/// annotations, as flanneld would), and its pod and felt's pods ping.
+fn flannel_node_routed_both_ways(c: &LocalCluster) {
+    let tag = std::fs::read_to_string(c.work.join("tag")).unwrap();
+    let cp = format!("{}-cp", tag.trim());
+    let host = felt_common::testutil::TestNetns::new("k8sfl");
+    let ip = |args: &[&str]| host.exec_ok(&[&["ip"], args].concat());
+    run(Command::new("ip").args([
+        "-n", &cp, "link", "add", "fl50", "type", "veth", "peer", "name", "eth0", "netns",
+        &host.name,
+    ]))
+    .unwrap();
+    run(Command::new("ip").args(["-n", &cp, "link", "set", "fl50", "master", "br0", "up"]))
+        .unwrap();
+    ip(&["addr", "add", &format!("{FLANNEL_IP}/24"), "dev", "eth0"]);
+    ip(&["link", "set", "eth0", "up"]);
+    ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        FLANNEL_IP,
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ip(&[
+        "link",
+        "set",
+        "flannel.1",
+        "address",
+        FLANNEL_MAC,
+        "mtu",
+        "1450",
+        "up",
+    ]);
+    ip(&["addr", "add", "10.244.200.0/32", "dev", "flannel.1"]);
+    // Its "pod": an address behind a veth whose other end stays here.
+    ip(&[
+        "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
+    ]);
+    ip(&["addr", "add", "10.244.200.1/24", "dev", "pod0"]);
+    ip(&["link", "set", "pod0", "up"]);
+    ip(&["link", "set", "pod1", "up"]);
+    let data = format!(r#"{{"VNI":1,"VtepMAC":"{FLANNEL_MAC}"}}"#);
+    let node = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "flannel-node", "annotations": {
+            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+            "flannel.alpha.coreos.com/backend-type": "vxlan",
+            "flannel.alpha.coreos.com/backend-data": data,
+            "flannel.alpha.coreos.com/public-ip": FLANNEL_IP,
+        }},
+        "spec": {"podCIDR": FLANNEL_SUBNET, "podCIDRs": [FLANNEL_SUBNET]},
+    });
+    let file = c.work.join("flannel-node.json");
+    std::fs::write(&file, node.to_string()).unwrap();
+    c.kubectl(&["create", "-f", &file.display().to_string()]);
+    // flanneld's side: a neighbour, an FDB entry and a route per felt node.
+    let nodes = c.json(&["get", "nodes"]);
+    for n in nodes["items"].as_array().unwrap() {
+        let ann = &n["metadata"]["annotations"];
+        if n["metadata"]["name"] == "flannel-node" {
+            continue;
+        }
+        let cidr: ipnet::Ipv4Net = n["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
+        let public = ann["flannel.alpha.coreos.com/public-ip"].as_str().unwrap();
+        let data: Value = serde_json::from_str(
+            ann["flannel.alpha.coreos.com/backend-data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let mac = data["VtepMAC"].as_str().unwrap();
+        let gw = cidr.network().to_string();
+        ip(&[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ]);
+        host.exec_ok(&[
+            "bridge",
+            "fdb",
+            "replace",
+            mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            public,
+            "self",
+            "permanent",
+        ]);
+        ip(&[
+            "route",
+            "replace",
+            &cidr.to_string(),
+            "via",
+            &gw,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ]);
+    }
+    let (a_ip, _) = ping_pods(c);
+    let start = Instant::now();
+    loop {
+        let there = c.try_kubectl(&[
+            "-n",
+            "felt-ping",
+            "exec",
+            "a",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "10.244.200.1",
+        ]);
+        let back = host.exec(&["ping", "-c", "1", "-W", "1", "-I", "10.244.200.1", &a_ip]);
+        if there.is_ok() && back.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "flannel node and felt pod never reached each other: {there:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "a flannel-annotated node and felt's pods reach each other both ways after {:?}",
+        start.elapsed()
+    );
+    c.kubectl(&["delete", "node", "flannel-node"]);
 }
