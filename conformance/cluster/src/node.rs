@@ -98,6 +98,12 @@ impl Node {
         snapshot(&self.ns)
     }
 
+    /// The pid of the running overlayd (its own: `ip netns exec` execs
+    /// it), for reading /proc/<pid>/status and /proc/<pid>/stat.
+    pub fn overlayd_pid(&self) -> Option<u32> {
+        self.overlayd.as_ref().map(Daemon::pid)
+    }
+
     pub fn overlayd_running(&mut self) -> bool {
         match self.overlayd.as_mut() {
             Some(d) => matches!(d.try_wait(), Ok(None)),
