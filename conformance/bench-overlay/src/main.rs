@@ -226,20 +226,47 @@ fn main() {
 }
 
 fn markdown(machine: &Machine, args: &Args, sections: &[Section], took: Duration) -> String {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let run = format!("felt-bench {}", shown_args(std::env::args().skip(1)));
     let mut md = String::from("## Datapath benchmarks\n\n");
     md.push_str(&format!(
-        "Measured with `scripts/bench-datapath.sh` (felt-bench {}), everything side by side in one run of {:.0} s; release builds; every figure beside its reference from the same run.\n\n",
-        argv.join(" "),
+        "Measured with `scripts/bench-datapath.sh` (`{run}`), everything side by side in one run of {:.0} s; release builds; every figure beside its reference from the same run.\n\n",
         took.as_secs_f64()
     ));
-    md.push_str(&machine.markdown(
-        &args.knobs.commit,
-        &format!("felt-bench {}", argv.join(" ")),
-    ));
+    md.push_str(&machine.markdown(&args.knobs.commit));
     for s in sections {
         md.push('\n');
         md.push_str(&s.markdown());
     }
     md
+}
+
+/// The command line without where output goes (local paths).
+fn shown_args(args: impl Iterator<Item = String>) -> String {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match a.as_str() {
+            "--markdown" | "--logs" => skip_value = true,
+            _ if a.starts_with("--markdown=") || a.starts_with("--logs=") => {}
+            _ => out.push(a),
+        }
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_are_left_out_of_the_shown_command_line() {
+        let args = ["all", "--markdown", "/tmp/x.md", "--quick", "--logs=/tmp/l"];
+        assert_eq!(
+            shown_args(args.iter().map(|s| s.to_string())),
+            "all --quick"
+        );
+    }
 }

@@ -165,7 +165,7 @@ impl Machine {
         }
     }
 
-    pub fn markdown(&self, commit: &str, args: &str) -> String {
+    pub fn markdown(&self, commit: &str) -> String {
         let mut out = String::from("### Machine\n\n");
         let _ = writeln!(out, "- CPUs (`nproc`): {}", self.cpus);
         let _ = writeln!(out, "- CPU: {}", self.cpu_model);
@@ -179,7 +179,7 @@ impl Machine {
             self.load_before,
             loadavg()
         );
-        let _ = writeln!(out, "- felt commit: {commit}; run: `{args}`");
+        let _ = writeln!(out, "- felt commit: {commit}");
         out
     }
 }
