@@ -100,6 +100,17 @@ impl Cluster {
     /// Underlay + etcd seeded with `net_conf` (default: flannel's config
     /// for `backend`). No nodes yet.
     pub fn start(naming: Naming, backend: Backend, net_conf_json: Option<&str>) -> Result<Self> {
+        Self::start_with_etcd_flags(naming, backend, net_conf_json, &[])
+    }
+
+    /// [`Cluster::start`] with extra flags for etcd (see
+    /// [`Etcd::start_with_flags`]).
+    pub fn start_with_etcd_flags(
+        naming: Naming,
+        backend: Backend,
+        net_conf_json: Option<&str>,
+        etcd_flags: &[String],
+    ) -> Result<Self> {
         for tool in ["ip", "bridge", "ping", "sysctl"] {
             require_tool(tool)?;
         }
@@ -129,7 +140,7 @@ impl Cluster {
             UNDERLAY_BRIDGE,
         ])?;
         underlay.ip(&["link", "set", UNDERLAY_BRIDGE, "up"])?;
-        let etcd = Etcd::start(&underlay, UNDERLAY_GW, &dir.0)?;
+        let etcd = Etcd::start_with_flags(&underlay, UNDERLAY_GW, &dir.0, etcd_flags)?;
         let conf = net_conf_json.map_or_else(|| net_conf(backend), str::to_string);
         etcd.put(&format!("{ETCD_PREFIX}/config"), &conf)?;
         let overlayd = OverlaydArgs {

@@ -23,12 +23,26 @@ pub struct Etcd {
     ns: String,
     endpoint: String,
     dir: PathBuf,
+    /// Extra command-line flags (limits for large benchmarks), kept for
+    /// restarts.
+    flags: Vec<String>,
 }
 
 impl Etcd {
     /// Starts etcd in `ns`, listening on `addr`, data in `dir`; waits until
     /// it answers.
     pub fn start(ns: &Netns, addr: Ipv4Addr, dir: &Path) -> Result<Self> {
+        Self::start_with_flags(ns, addr, dir, &[])
+    }
+
+    /// [`Etcd::start`] with extra etcd flags, e.g.
+    /// `--max-txn-ops=1000` for benchmarks that write large transactions.
+    pub fn start_with_flags(
+        ns: &Netns,
+        addr: Ipv4Addr,
+        dir: &Path,
+        flags: &[String],
+    ) -> Result<Self> {
         require_tool("etcd")?;
         require_tool("etcdctl")?;
         let mut etcd = Etcd {
@@ -36,6 +50,7 @@ impl Etcd {
             ns: ns.name().to_string(),
             endpoint: format!("http://{addr}:{CLIENT_PORT}"),
             dir: dir.to_path_buf(),
+            flags: flags.to_vec(),
         };
         etcd.run()?;
         Ok(etcd)
@@ -79,7 +94,8 @@ impl Etcd {
                 "stderr",
                 "--log-level",
                 "warn",
-            ]);
+            ])
+            .args(&self.flags);
         self.daemon = Some(Daemon::spawn(cmd, "etcd", &self.dir.join("etcd.log"))?);
         self.wait_ready()
     }

@@ -181,6 +181,42 @@ impl KernelState {
     }
 }
 
+/// What flanneld programs on a node for one vxlan peer, made by hand with
+/// ip(8) and bridge(8): a permanent neighbour (the peer subnet's network
+/// address -> its VTEP MAC), a permanent self FDB entry (VTEP MAC -> its
+/// public IP) and an onlink route via that address on [`VTEP`].
+pub fn add_vxlan_peer_by_hand(ns: &Netns, peer: &Peer) -> Result<()> {
+    let gw = peer.subnet.network().to_string();
+    let mac = peer.vtep_mac.clone().unwrap_or_default();
+    let dst = peer.subnet.to_string();
+    let public = peer.public_ip.to_string();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &gw,
+        "lladdr",
+        &mac,
+        "dev",
+        VTEP,
+        "nud",
+        "permanent",
+    ])?;
+    ns.exec(&[
+        "bridge",
+        "fdb",
+        "replace",
+        &mac,
+        "dev",
+        VTEP,
+        "dst",
+        &public,
+        "self",
+        "permanent",
+    ])?;
+    ns.ip(&["route", "replace", &dst, "via", &gw, "dev", VTEP, "onlink"])?;
+    Ok(())
+}
+
 /// Whether a JSON list (flags, state) contains `item`.
 fn has(list: &Value, item: &str) -> bool {
     list.as_array().is_some_and(|l| l.iter().any(|v| v == item))

@@ -98,7 +98,8 @@ impl Node {
         snapshot(&self.ns)
     }
 
-    /// overlayd's pid (`ip netns exec` execs it, so the child is it).
+    /// The pid of the running overlayd (its own: `ip netns exec` execs
+    /// it), for reading /proc/<pid>/status and /proc/<pid>/stat.
     pub fn overlayd_pid(&self) -> Option<u32> {
         self.overlayd.as_ref().map(Daemon::pid)
     }

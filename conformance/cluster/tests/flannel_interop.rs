@@ -89,45 +89,7 @@ fn flannel_node(c: &mut Cluster) -> (Netns, Ipv4Addr) {
 
 /// What flanneld does on the flannel node for each felt lease it sees.
 fn flannel_add_peer(node: &Netns, peer: &Peer) {
-    let gw = peer.subnet.network().to_string();
-    let mac = peer.vtep_mac.clone().unwrap();
-    node.ip(&[
-        "neigh",
-        "replace",
-        &gw,
-        "lladdr",
-        &mac,
-        "dev",
-        VTEP,
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
-    felt_cluster::process::run(std::process::Command::new("bridge").args([
-        "-n",
-        node.name(),
-        "fdb",
-        "replace",
-        &mac,
-        "dev",
-        VTEP,
-        "dst",
-        &peer.public_ip.to_string(),
-        "self",
-        "permanent",
-    ]))
-    .unwrap();
-    node.ip(&[
-        "route",
-        "replace",
-        &peer.subnet.to_string(),
-        "via",
-        &gw,
-        "dev",
-        VTEP,
-        "onlink",
-    ])
-    .unwrap();
+    felt_cluster::kernel::add_vxlan_peer_by_hand(node, peer).unwrap();
 }
 
 #[test]
