@@ -345,7 +345,7 @@ fn lease_request(
             public_ip: ext.public_ip,
             public_ipv6: None,
             backend_type: kind.to_string(),
-            backend_data: prepared.backend_data.clone(),
+            backend_data: (&prepared.backend_data).into(),
             backend_v6_data: None,
         },
         previous_subnet,

@@ -163,7 +163,7 @@ async fn reservations_are_honoured_and_network_full_is_clear() {
     let s = store(&etcd).await;
     let mut host_gw = req([10, 1, 1, 2], "", None);
     host_gw.attrs.backend_type = "host-gw".into();
-    host_gw.attrs.backend_data = serde_json::Value::Null;
+    host_gw.attrs.backend_data = overlayd::lease::BackendData::NULL;
     // Our reservation is used and stays a reservation (no TTL).
     let mine = s.acquire(&host_gw).await.unwrap();
     assert_eq!(

@@ -58,7 +58,7 @@ fn peers_follow_nodes_added_changed_and_deleted() {
         // Backend data and public IP changes are followed.
         nodes::annotate(&admin, "n1", &[(key("backend-data"), Some(r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:99"}"#.into()))]).await;
         until(&mut rx, "n1's new VTEP MAC", |s| {
-            s.get(&net("10.5.1.0/24")).is_some_and(|l| l.attrs.backend_data["VtepMAC"] == "c6:d2:32:6f:8f:99")
+            s.get(&net("10.5.1.0/24")).is_some_and(|l| l.attrs.backend_data.to_value()["VtepMAC"] == "c6:d2:32:6f:8f:99")
         })
         .await;
         nodes::annotate(&admin, "n1", &[(key("public-ip"), Some("192.168.64.33".into()))]).await;

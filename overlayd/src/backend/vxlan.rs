@@ -349,7 +349,7 @@ impl VxlanBackend {
     /// ours is logged but still routed, as flannel (which never checks
     /// it) would.
     fn peer_vtep_mac(&self, peer: &Lease) -> Result<[u8; 6], String> {
-        let data = &peer.attrs.backend_data;
+        let data = peer.attrs.backend_data.to_value();
         let mac = data
             .get("VtepMAC")
             .and_then(|v| v.as_str())

@@ -184,10 +184,17 @@ fn neigh_drift(n: &NeighbourMessage, added: bool, scope: &Scope, desired: &Desir
             dst: Ipv4Addr::BROADCAST,
         };
         let mut wanted = desired.fdb.range(lo..=hi).peekable();
-        match wanted.peek() {
-            // Only the exact wanted entry, permanent, is an echo.
-            Some(_) => !(added && permanent && ip.is_some_and(|ip| wanted.any(|f| f.dst == ip))),
-            None => added && permanent,
+        if wanted.peek().is_none() {
+            return added && permanent;
+        }
+        // A MAC may have several remotes: what matters is the exact entry.
+        // Felt's own removal of a peer's old remote (its public IP moved)
+        // is no drift; losing a wanted one, or one turning dynamic, is.
+        let exact = ip.is_some_and(|ip| wanted.any(|f| f.dst == ip));
+        if added {
+            !(permanent && exact)
+        } else {
+            exact || ip.is_none()
         }
     } else {
         let Some(ip) = ip else { return false };
@@ -274,6 +281,59 @@ mod tests {
         n.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         n
+    }
+
+    fn fdb(dst: &str, permanent: bool) -> NeighbourMessage {
+        let mut n = neigh([2, 0, 0, 0, 0, 2], permanent);
+        n.header.family = AddressFamily::Bridge;
+        n.attributes[0] =
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(dst.parse().unwrap()));
+        n
+    }
+
+    #[test]
+    fn fdb_drift_is_about_the_exact_remote() {
+        let mut want = Desired::default();
+        want.fdb.insert(FdbSpec {
+            ifindex: 7,
+            mac: [2, 0, 0, 0, 0, 2],
+            dst: "192.168.1.2".parse().unwrap(),
+        });
+        use RouteNetlinkMessage as M;
+        let cases = [
+            (
+                "our entry set (echo)",
+                M::NewNeighbour(fdb("192.168.1.2", true)),
+                false,
+            ),
+            (
+                "our entry deleted",
+                M::DelNeighbour(fdb("192.168.1.2", true)),
+                true,
+            ),
+            (
+                "our entry learned over",
+                M::NewNeighbour(fdb("192.168.1.2", false)),
+                true,
+            ),
+            (
+                "old remote removed by us (peer moved)",
+                M::DelNeighbour(fdb("192.168.1.9", true)),
+                false,
+            ),
+            (
+                "an extra remote added by someone",
+                M::NewNeighbour(fdb("192.168.1.9", true)),
+                true,
+            ),
+        ];
+        for (name, msg, drift) in cases {
+            assert_eq!(
+                is_drift(&msg, &SCOPE, bounds(), &want),
+                drift,
+                "case: {name}"
+            );
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ mod tests {
                 public_ip: ip.into(),
                 public_ipv6: None,
                 backend_type: "vxlan".into(),
-                backend_data: serde_json::Value::Null,
+                backend_data: crate::lease::BackendData::NULL,
                 backend_v6_data: None,
             },
             term: if reservation {

@@ -7,7 +7,7 @@
 //! BackendData and BackendV6Data are left out when empty. Reading matches
 //! field names case-insensitively, as Go does.
 
-use super::LeaseAttrs;
+use super::{BackendData, LeaseAttrs};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -56,7 +56,7 @@ pub fn encode_attrs(attrs: &LeaseAttrs) -> String {
     }
     if !attrs.backend_data.is_null() {
         out.push_str(",\"BackendData\":");
-        out.push_str(&attrs.backend_data.to_string());
+        out.push_str(attrs.backend_data.as_json());
     }
     if let Some(v6) = attrs.backend_v6_data.as_ref().filter(|v| !v.is_null()) {
         out.push_str(",\"BackendV6Data\":");
@@ -91,7 +91,7 @@ pub fn decode_attrs(bytes: &[u8]) -> Result<LeaseAttrs, String> {
         public_ip,
         public_ipv6,
         backend_type,
-        backend_data: field(&obj, "BackendData").cloned().unwrap_or(Value::Null),
+        backend_data: field(&obj, "BackendData").map_or(BackendData::NULL, BackendData::from),
         backend_v6_data: field(&obj, "BackendV6Data").cloned(),
     })
 }
@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(attrs.backend_type, "vxlan");
         assert_eq!(
             attrs.backend_data,
-            json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"})
+            json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}).into()
         );
         assert_eq!(attrs.backend_v6_data, None);
         assert_eq!(encode_attrs(&attrs), FLANNEL_DOC);
@@ -140,7 +140,7 @@ mod tests {
             public_ip: Ipv4Addr::new(10, 0, 0, 1),
             public_ipv6: None,
             backend_type: String::new(),
-            backend_data: Value::Null,
+            backend_data: BackendData::NULL,
             backend_v6_data: None,
         };
         assert_eq!(
@@ -171,7 +171,7 @@ mod tests {
             decode_attrs(br#"{"publicip":"10.0.0.2","backendtype":"host-gw","Extra":1}"#).unwrap();
         assert_eq!(attrs.public_ip, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(attrs.backend_type, "host-gw");
-        assert_eq!(attrs.backend_data, Value::Null);
+        assert_eq!(attrs.backend_data, BackendData::NULL);
         assert!(decode_attrs(b"nope").is_err());
         assert!(decode_attrs(b"[1]").is_err());
         assert!(decode_attrs(br#"{"PublicIP":"300.1.1.1"}"#).is_err());

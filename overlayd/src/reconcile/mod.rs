@@ -426,10 +426,19 @@ impl Reconciler {
     }
 
     async fn apply(&mut self, ops: Vec<Op>, report: &mut RoundReport) {
+        // A few changes are worth a line each; a first pass over thousands
+        // of peers is one summary line (each op still at debug).
+        let each_at_info = ops.len() <= LOG_EACH_OP_UP_TO;
+        let total = ops.len();
+        let applied_before = report.applied;
         for (op, result) in self.kernel.apply_all(ops).await {
             match result {
                 Ok(()) => {
-                    tracing::info!(op = %describe(&op), "reconciled");
+                    if each_at_info {
+                        tracing::info!(op = %describe(&op), "reconciled");
+                    } else {
+                        tracing::debug!(op = %describe(&op), "reconciled");
+                    }
                     self.metrics.correction(op.kind());
                     report.applied += 1;
                 }
@@ -439,6 +448,14 @@ impl Reconciler {
                     report.failed += 1;
                 }
             }
+        }
+        if !each_at_info {
+            let applied = report.applied - applied_before;
+            tracing::info!(
+                applied,
+                failed = total - applied,
+                "reconciled a batch of kernel objects"
+            );
         }
     }
 
@@ -509,6 +526,9 @@ impl Reconciler {
             .collect();
     }
 }
+
+/// Up to this many operations in one apply are logged one line each.
+const LOG_EACH_OP_UP_TO: usize = 32;
 
 fn extend(into: &mut PeerObjects, from: PeerObjects) {
     into.routes.extend(from.routes);

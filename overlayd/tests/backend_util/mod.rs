@@ -150,7 +150,7 @@ pub fn lease(subnet: &str, public_ip: &str, kind: &str, data: serde_json::Value)
             public_ip: public_ip.parse().unwrap(),
             public_ipv6: None,
             backend_type: kind.into(),
-            backend_data: data,
+            backend_data: data.into(),
             backend_v6_data: None,
         },
         term: Term::Reservation,

@@ -35,7 +35,7 @@ pub fn req(ip: [u8; 4], mac: &str, previous: Option<&str>) -> LeaseRequest {
             public_ip: ip.into(),
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: json!({"VNI": 1, "VtepMAC": mac}),
+            backend_data: json!({"VNI": 1, "VtepMAC": mac}).into(),
             backend_v6_data: None,
         },
         previous_subnet: previous.map(|p| p.parse().unwrap()),

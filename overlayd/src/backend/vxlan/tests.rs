@@ -37,7 +37,7 @@ fn backend(direct_routing: bool) -> VxlanBackend {
 
 fn lease(subnet: &str, public_ip: &str, data: serde_json::Value) -> Lease {
     let mut lease = test_lease(subnet, public_ip, "vxlan");
-    lease.attrs.backend_data = data;
+    lease.attrs.backend_data = data.into();
     lease
 }
 

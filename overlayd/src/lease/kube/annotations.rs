@@ -189,7 +189,7 @@ mod tests {
             public_ip: Ipv4Addr::new(192, 168, 64, 3),
             public_ipv6: None,
             backend_type: kind.into(),
-            backend_data: data,
+            backend_data: data.into(),
             backend_v6_data: None,
         }
     }

@@ -3,7 +3,7 @@
 //! only these small views, never the Node objects.
 
 use super::annotations::Annotations;
-use crate::lease::{Lease, LeaseAttrs, Term};
+use crate::lease::{BackendData, Lease, LeaseAttrs, Term};
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
@@ -102,9 +102,10 @@ fn lease_of<'a>(
     };
     let data_key = ann.backend_data();
     let backend_data = match get(data_key.clone()).map(str::trim) {
-        None | Some("") => serde_json::Value::Null,
-        Some(s) => serde_json::from_str(s)
-            .map_err(|e| format!("annotation {data_key} is not JSON ({e}): {s:?}"))?,
+        None | Some("") => BackendData::NULL,
+        Some(s) => serde_json::from_str::<serde_json::Value>(s)
+            .map_err(|e| format!("annotation {data_key} is not JSON ({e}): {s:?}"))?
+            .into(),
     };
     Ok(Lease {
         subnet,
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(l.attrs.backend_type, "vxlan");
         assert_eq!(
             l.attrs.backend_data,
-            json!({"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"})
+            json!({"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}).into()
         );
         assert_eq!(l.term, Term::Expiring(None));
     }
