@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
     about = "Run a multi-node felt cluster in network namespaces"
 )]
 struct Args {
-    /// Routing backend: vxlan or host-gw.
-    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
+    /// Routing backend: vxlan, host-gw or udp.
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw", "udp"])]
     backend: String,
     /// Number of nodes (1-30).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=30))]
