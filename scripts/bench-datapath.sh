@@ -46,6 +46,7 @@ export FELT_BENCH_COMMIT=$commit
 # leaves when killed are removed: they are named felt-t-<tag>-<pid>-<n>.
 "$TARGET/release/felt-bench" "$part" --markdown "$OUT/performance.md" "$@" &
 pid=$!
+# shellcheck disable=SC2317 # run by the trap below
 stop() { kill -TERM "$pid" 2>/dev/null || true; }
 trap stop INT TERM
 status=0
