@@ -11,9 +11,13 @@
 #   sudo scripts/bench-datapath.sh scale --sizes 500,5000,20000
 #   sudo scripts/bench-datapath.sh throughput --backends vxlan --reps 5
 #   sudo FLANNELD_BIN=/path/to/flanneld scripts/bench-datapath.sh convergence
+#   sudo scripts/bench-datapath.sh udp --secs 10   # the udp ladder alone
 #
-# Parts: all (default), throughput, convergence, scale, startup; every
-# option is listed by `target/release/felt-bench --help`. Prints each
+# Parts: all (default), throughput, convergence, scale, startup, udp; every
+# option of the first five is listed by `target/release/felt-bench --help`;
+# udp is overlayd's udp-bench (plain, +multiqueue, +batching, +offloads
+# against kernel VXLAN in the same rig; options --secs N, --gro on|off),
+# which `all` runs last and appends to the markdown. Prints each
 # part's tables as it finishes, then a markdown section for
 # docs/performance.md, also written to target/bench-datapath/performance.md.
 set -euo pipefail
@@ -32,8 +36,16 @@ cargo build --release --quiet -p felt-cni -p overlayd -p felt-bench
 
 part=all
 case "${1:-}" in
-  all|throughput|convergence|scale|startup) part=$1; shift ;;
+  all|throughput|convergence|scale|startup|udp) part=$1; shift ;;
 esac
+
+udp_ladder() {
+  cargo run --quiet --release -p overlayd --example udp-bench -- "$@"
+}
+if [ "$part" = udp ]; then
+  udp_ladder "$@"
+  exit
+fi
 
 OUT=$TARGET/bench-datapath
 mkdir -p "$OUT"
@@ -57,5 +69,19 @@ trap - INT TERM
 for ns in $(ip netns list | awk '{print $1}' | grep -E "^felt-t-.*-${pid}-[0-9]+$" || true); do
   ip netns del "$ns" 2>/dev/null || true
 done
+if [ "$status" -eq 0 ] && [ "$part" = all ]; then
+  secs=5
+  for a in "$@"; do [ "$a" = --quick ] && secs=2; done
+  echo "udp ladder ($secs s per iperf3 run) ..."
+  udp_ladder --secs "$secs" | tee "$OUT/udp-ladder.txt" || status=$?
+  {
+    echo
+    echo "### udp backend: the ladder against kernel VXLAN"
+    echo
+    echo "overlayd's udp engine between two node namespaces, pod to pod, one technique added per row, beside the kernel's VXLAN in the same rig (scripts/bench-datapath.sh udp)."
+    echo
+    grep -E '^(\||pod-to-pod|load average)' "$OUT/udp-ladder.txt" || true
+  } >> "$OUT/performance.md"
+fi
 [ "$status" -eq 0 ] && echo "markdown written to $OUT/performance.md"
 exit "$status"

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A route that only the handshake adds: outside every test network
 /// (TEST-NET-2), on `lo`, so nothing else reacts to it.
@@ -35,6 +35,10 @@ pub struct Event {
     /// The event as `ip` prints it, without timestamp and label, its
     /// continuation lines joined with a space.
     pub text: String,
+    /// When `ip` received it (the monitor runs with TZ=UTC, so its
+    /// timestamps are UTC). A woken reader, not a spawned process: under
+    /// load this stays within milliseconds of the kernel's change.
+    pub at: Option<SystemTime>,
 }
 
 impl Event {
@@ -84,7 +88,7 @@ pub fn parse(text: &str) -> Vec<Event> {
             continue;
         };
         // "[2026-12-01T21:38:36.371425] [LINK]2: flannel.1: ..."
-        let Some((_, body)) = rest.split_once("] ") else {
+        let Some((stamp, body)) = rest.split_once("] ") else {
             continue;
         };
         let (kind, body) = match body.split_once(']') {
@@ -108,9 +112,30 @@ pub fn parse(text: &str) -> Vec<Event> {
             kind,
             deleted,
             text: body.trim().to_string(),
+            at: parse_utc(stamp),
         });
     }
     events
+}
+
+/// "2026-12-01T21:38:36.371425" (UTC) as a SystemTime.
+fn parse_utc(stamp: &str) -> Option<SystemTime> {
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    let micros: u64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
+    // Days from 1970-01-01 to y-m-day (proleptic Gregorian).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
 }
 
 /// `ip monitor` running inside a namespace, killed on drop.
@@ -127,6 +152,7 @@ impl KernelMonitor {
         let out = std::fs::File::create(log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let child = Command::new("ip")
+            .env("TZ", "UTC")
             .args(["netns", "exec", netns, "ip", "-ts", "monitor", "label"])
             .args(["link", "address", "route", "neigh"])
             .stdin(Stdio::null())
@@ -293,5 +319,14 @@ mod tests {
         assert!(ev[2].deleted && ev[2].kind == Kind::Route);
         assert_eq!(ev[2].subject(), Some("10.244.2.0/24"));
         assert_eq!((ev[3].kind, ev[3].dev()), (Kind::Addr, Some("flannel.1")));
+        // `date -u -d 2026-12-01T21:38:36 +%s` = 1796161116
+        assert_eq!(
+            ev[0].at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_161_116_371_425))
+        );
+        assert_eq!(
+            parse_utc("2000-02-29T00:00:00.5"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(951_782_400_500))
+        );
     }
 }

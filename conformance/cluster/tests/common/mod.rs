@@ -71,6 +71,46 @@ pub fn overlay_changes(events: Vec<Event>) -> Vec<Event> {
         .collect()
 }
 
+/// Node `new` joined: how long after its subnet.env was written the last
+/// route between it and each node of `others` was announced by the
+/// kernels (`monitors`: one per node of `others` and `new`, started
+/// before the join). Polling the mesh and pinging spawn processes,
+/// which on a loaded machine take longer than felt does; the monitors'
+/// stamps time felt alone. Panics if a route was never announced.
+pub fn join_routed_after(
+    c: &Cluster,
+    monitors: &[(usize, KernelMonitor)],
+    others: &[usize],
+    new: usize,
+) -> Duration {
+    let written = std::fs::metadata(c.nodes[new].subnet_file())
+        .unwrap()
+        .modified()
+        .unwrap();
+    let subnet = |i: usize| c.nodes[i].subnet().unwrap().to_string();
+    let mut last = written;
+    for (at, monitor) in monitors {
+        let events = monitor.events();
+        let peers: Vec<usize> = if *at == new {
+            others.to_vec()
+        } else {
+            vec![new]
+        };
+        for peer in peers {
+            let dst = subnet(peer);
+            let added = events
+                .iter()
+                .filter(|e| e.kind == Kind::Route && !e.deleted)
+                .filter(|e| e.subject() == Some(dst.as_str()))
+                .filter_map(|e| e.at)
+                .next_back()
+                .unwrap_or_else(|| panic!("node{}: no route to {dst} announced", at + 1));
+            last = last.max(added);
+        }
+    }
+    last.duration_since(written).unwrap_or_default()
+}
+
 /// A kernel monitor in node `i`'s namespace, logging into the cluster dir.
 pub fn monitor_node(c: &Cluster, i: usize, tag: &str) -> KernelMonitor {
     let node = &c.nodes[i];
