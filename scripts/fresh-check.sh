@@ -68,6 +68,13 @@ bind "$cargo_home/bin" "$root/opt/cargo/bin" ro
 # provide, not what crates.io serves (Cargo.lock pins those).
 bind "$cargo_home/registry" "$root/opt/cargo-registry" ro
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The site's own CA certificates (here: the TLS-intercepting egress proxy's),
+# which belong to the base image, not to setup.sh: ca-certificates, which
+# setup.sh installs, merges them into the bundle pip and curl use.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+fi
 
 echo "== copying the checkout (tracked and untracked files, not target/)"
 mkdir -p "$root/src/felt"
