@@ -78,11 +78,7 @@ fn hundreds_of_peers_converge_and_the_next_round_writes_nothing() {
     let snap = snapshot(&all);
     let ext = node.ext.clone();
     let (reports, first, second) = block_in(&node.ns, move || async move {
-        let mut b = VxlanBackend::new(vxlan_cfg()).unwrap();
-        b.prepare(&ext).await.unwrap();
-        b.configure_own(&o).await.unwrap();
-        let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let mut rec = reconciler(backend, o, NETWORK.parse().unwrap());
+        let mut rec = vxlan_reconciler(&ext, o).await;
         let t = std::time::Instant::now();
         let r1 = rec.round(&snap, true).await;
         let first = t.elapsed();

@@ -10,10 +10,10 @@
 
 mod common;
 
-use common::{cluster_with, monitor_node, start_pinger, stop_pinger, wait_ready, CONVERGE};
+use common::{cluster_with, start_pinger, stop_pinger, wait_ready, CONVERGE};
 use felt_cluster::stream::TcpStreamRun;
 use felt_cluster::{Backend, Cluster, ETCD_PREFIX};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const OUTAGE: Duration = Duration::from_secs(35);
 
@@ -115,18 +115,7 @@ fn etcd_outage_keeps_traffic_tells_the_truth_and_renews_the_same_subnet() {
         .unwrap();
     }
     // ... so a node joining now is routed to at once.
-    let j = c.add_node().unwrap();
-    let monitors: Vec<_> = [0, 1, j]
-        .iter()
-        .map(|&i| (i, monitor_node(&c, i, "join")))
-        .collect();
-    c.start_overlayd(j, &[]).unwrap();
-    c.node_mut(j)
-        .unwrap()
-        .wait_subnet_env(SystemTime::UNIX_EPOCH, CONVERGE)
-        .unwrap();
-    c.wait_mesh(&[0, 1, j], CONVERGE).unwrap();
-    let routed = common::join_routed_after(&c, &monitors, &[0, 1], j);
+    let (_, routed) = common::join_timed(&mut c);
     assert!(
         routed < Duration::from_secs(1),
         "joiner routed {routed:?} after its subnet.env"

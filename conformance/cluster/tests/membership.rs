@@ -15,22 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 /// A node joining: once its subnet.env appears, every node routes to it
 /// (and it to every node) within a second, and its new pods are reachable
 /// from all existing pods at the first ping. The second is timed from
-/// the kernels' own announcements (`common::join_routed_after`).
+/// the kernels' own announcements (`common::join_timed`).
 fn join(backend: Backend) {
     let mut c = cluster(backend, 2, 2);
     let old_pods = c.pods.len();
-    let n = c.add_node().unwrap();
-    let monitors: Vec<_> = [0, 1, n]
-        .iter()
-        .map(|&i| (i, monitor_node(&c, i, "join")))
-        .collect();
-    c.start_overlayd(n, &[]).unwrap();
-    c.node_mut(n)
-        .unwrap()
-        .wait_subnet_env(SystemTime::UNIX_EPOCH, CONVERGE)
-        .unwrap();
-    c.wait_mesh(&[0, 1, n], CONVERGE).unwrap();
-    let converged = common::join_routed_after(&c, &monitors, &[0, 1], n);
+    let (n, converged) = common::join_timed(&mut c);
     c.add_pod(n).unwrap();
     c.add_pod(n).unwrap();
     let mut failed = Vec::new();

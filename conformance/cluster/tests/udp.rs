@@ -43,12 +43,7 @@ fn a_subnet_nobody_leases_answers_net_unreachable() {
 fn peers_join_and_leave_while_traffic_flows() {
     let mut c = cluster(Backend::Udp, 2, 1);
     let stream = TcpStreamRun::start(&c.pods[0].ns, &c.pods[1].ns, c.pods[1].ip).unwrap();
-    let n = c.add_node().unwrap();
-    c.start_overlayd(n, &[]).unwrap();
-    c.node_mut(n)
-        .unwrap()
-        .wait_subnet_env(SystemTime::UNIX_EPOCH, CONVERGE)
-        .unwrap();
+    let n = c.add_running_nodes(1).unwrap()[0];
     let p = c.add_pod(n).unwrap();
     let start = Instant::now();
     felt_cluster::wait::wait_for("the new node's pod reachable", CONVERGE, || {

@@ -133,30 +133,12 @@ fn takeover_attempts_change_nothing(backend: Backend) {
     for sn in attempts {
         c.etcd().put(&subnet_key(sn), &attacker).unwrap();
     }
-    wait_metric(
-        &c,
-        0,
-        "felt_leases_skipped{reason=\"outside-network\"}",
-        4.0,
-    );
-    wait_metric(
-        &c,
-        0,
-        "felt_leases_skipped{reason=\"route-slot-taken\"}",
-        1.0,
-    );
-    wait_metric(
-        &c,
-        1,
-        "felt_leases_skipped{reason=\"outside-network\"}",
-        4.0,
-    );
-    wait_metric(
-        &c,
-        1,
-        "felt_leases_skipped{reason=\"route-slot-taken\"}",
-        1.0,
-    );
+    for node in 0..2 {
+        for (reason, count) in [("outside-network", 4.0), ("route-slot-taken", 1.0)] {
+            let sample = format!("felt_leases_skipped{{reason=\"{reason}\"}}");
+            wait_metric(&c, node, &sample, count);
+        }
+    }
     // Give a wrong implementation every chance to act: two full passes.
     std::thread::sleep(Duration::from_millis(1500));
     for i in 0..2 {

@@ -152,13 +152,8 @@ fn build_image(dir: &Path, tag: Option<&str>) -> PathBuf {
     tar
 }
 
-/// Applies `what` (`-f FILE` or `-k DIR`) and waits for the rollout and
-/// for every node Ready; returns the rollout time.
-fn install(c: &LocalCluster, what: &[&str]) -> Duration {
-    let start = Instant::now();
-    let mut apply = vec!["apply"];
-    apply.extend(what);
-    c.kubectl(&apply);
+/// Waits for felt's DaemonSet to finish rolling out.
+fn rollout(c: &LocalCluster) {
     c.kubectl(&[
         "-n",
         NAMESPACE,
@@ -167,14 +162,29 @@ fn install(c: &LocalCluster, what: &[&str]) -> Duration {
         "ds/felt",
         "--timeout=300s",
     ]);
-    let took = start.elapsed();
+}
+
+/// Waits for `node` (or `--all`) to be Ready.
+fn nodes_ready(c: &LocalCluster, node: &str) {
     c.kubectl(&[
         "wait",
         "--for=condition=Ready",
         "node",
-        "--all",
+        node,
         "--timeout=240s",
     ]);
+}
+
+/// Applies `what` (`-f FILE` or `-k DIR`) and waits for the rollout and
+/// for every node Ready; returns the rollout time.
+fn install(c: &LocalCluster, what: &[&str]) -> Duration {
+    let start = Instant::now();
+    let mut apply = vec!["apply"];
+    apply.extend(what);
+    c.kubectl(&apply);
+    rollout(c);
+    let took = start.elapsed();
+    nodes_ready(c, "--all");
     took
 }
 
@@ -375,14 +385,7 @@ fn upgrade_under_ping(c: &LocalCluster, dir: &Path) -> (u64, u64) {
     let image = format!("docker.io/felt/felt:{tag}");
     let set = format!("*={image}");
     c.kubectl(&["-n", NAMESPACE, "set", "image", "ds/felt", &set]);
-    c.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "rollout",
-        "status",
-        "ds/felt",
-        "--timeout=300s",
-    ]);
+    rollout(c);
     let ds = c.json(&["-n", NAMESPACE, "get", "ds", "felt"]);
     assert_eq!(
         ds["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -450,21 +453,8 @@ fn node_deleted_and_reregistered(c: &LocalCluster) -> (Duration, Duration) {
             .try_kubectl(&["get", "node", "node2", "-o", "jsonpath={.spec.podCIDR}"])
             .unwrap_or_default();
     }
-    c.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "rollout",
-        "status",
-        "ds/felt",
-        "--timeout=300s",
-    ]);
-    c.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "node",
-        "node2",
-        "--timeout=240s",
-    ]);
+    rollout(c);
+    nodes_ready(c, "node2");
     let node1 = podcidr(c, "node1");
     loop {
         let to2 = route_on_node1(c, &new);

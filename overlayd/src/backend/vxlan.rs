@@ -343,20 +343,34 @@ impl Backend for VxlanBackend {
     }
 }
 
+/// The fields of a peer's vxlan BackendData felt reads, each of any JSON
+/// type (a wrong type is judged by the reader, as with a parsed map).
+#[derive(Default, serde::Deserialize)]
+struct PeerData {
+    #[serde(rename = "VtepMAC")]
+    vtep_mac: Option<serde_json::Value>,
+    #[serde(rename = "VNI")]
+    vni: Option<serde_json::Value>,
+}
+
 impl VxlanBackend {
     /// The peer's VTEP MAC from its BackendData. It must be a unicast MAC:
     /// a multicast or zero one would flood or blackhole. A VNI other than
     /// ours is logged but still routed, as flannel (which never checks
     /// it) would.
     fn peer_vtep_mac(&self, peer: &Lease) -> Result<[u8; 6], String> {
-        let data = peer.attrs.backend_data.to_value();
-        let mac = data
-            .get("VtepMAC")
+        let data = &peer.attrs.backend_data;
+        // Only the two fields, not a whole map: this runs for every peer
+        // on every full pass.
+        let fields: PeerData = serde_json::from_str(data.as_json()).unwrap_or_default();
+        let mac = fields
+            .vtep_mac
+            .as_ref()
             .and_then(|v| v.as_str())
             .and_then(parse_mac)
             .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
             .ok_or_else(|| format!("BackendData has no valid unicast VtepMAC: {data}"))?;
-        if let Some(vni) = data.get("VNI").and_then(|v| v.as_u64()) {
+        if let Some(vni) = fields.vni.as_ref().and_then(|v| v.as_u64()) {
             if vni != u64::from(self.cfg.vni) {
                 tracing::warn!(peer = %peer.subnet, vni, ours = self.cfg.vni,
                     "peer uses another VNI; its traffic will be dropped");

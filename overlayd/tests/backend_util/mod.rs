@@ -211,12 +211,7 @@ pub fn vxlan_rounds(node: &Node, snapshots: Vec<Arc<LeaseSnapshot>>) -> Vec<Roun
     let ext = node.ext.clone();
     let own = own(node, "vxlan");
     block_in(&node.ns, move || async move {
-        let mut b = VxlanBackend::new(vxlan_cfg()).unwrap();
-        b.prepare(&ext).await.unwrap();
-        b.configure_own(&own).await.unwrap();
-        let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let net = NETWORK.parse().unwrap();
-        let mut rec = reconciler(backend, own, net);
+        let mut rec = vxlan_reconciler(&ext, own).await;
         let mut reports = Vec::new();
         for s in snapshots {
             reports.push(rec.round(&s, true).await);
@@ -237,11 +232,7 @@ pub fn vxlan_incremental(
     let ext = node.ext.clone();
     let own = own(node, "vxlan");
     block_in(&node.ns, move || async move {
-        let mut b = VxlanBackend::new(vxlan_cfg()).unwrap();
-        b.prepare(&ext).await.unwrap();
-        b.configure_own(&own).await.unwrap();
-        let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
-        let mut rec = reconciler(backend, own, NETWORK.parse().unwrap());
+        let mut rec = vxlan_reconciler(&ext, own).await;
         rec.round(&first, true).await;
         let mut reports = Vec::new();
         let mut last = first;
@@ -285,4 +276,14 @@ pub fn assert_peer_programmed(node: &Node, subnet_addr: &str, mac: &str, public_
 /// A reconciler for the test network (/24 subnets) with its own metrics.
 pub fn reconciler(backend: Arc<dyn Backend>, own: Lease, network: ipnet::Ipv4Net) -> Reconciler {
     Reconciler::new(backend, own, network, 24, Arc::new(Metrics::new())).unwrap()
+}
+
+/// A reconciler over a vxlan backend prepared on `ext` with lease `own`
+/// (call it inside the node's namespace).
+pub async fn vxlan_reconciler(ext: &ExternalInterface, own: Lease) -> Reconciler {
+    let mut b = VxlanBackend::new(vxlan_cfg()).unwrap();
+    b.prepare(ext).await.unwrap();
+    b.configure_own(&own).await.unwrap();
+    let backend: Arc<dyn Backend> = Arc::from(Box::new(b) as Box<dyn Backend>);
+    reconciler(backend, own, NETWORK.parse().unwrap())
 }

@@ -6,7 +6,7 @@ use felt_cluster::process::Daemon;
 use felt_cluster::{Backend, Cluster, Naming, VTEP};
 use felt_common::kernel_monitor::{Event, KernelMonitor, Kind};
 use nix::sys::signal::Signal;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How long a cluster may take to route between its nodes.
 pub const CONVERGE: Duration = Duration::from_secs(10);
@@ -71,28 +71,38 @@ pub fn overlay_changes(events: Vec<Event>) -> Vec<Event> {
         .collect()
 }
 
-/// Node `new` joined: how long after its subnet.env was written the last
-/// route between it and each node of `others` was announced by the
-/// kernels (`monitors`: one per node of `others` and `new`, started
-/// before the join). Polling the mesh and pinging spawn processes,
-/// which on a loaded machine take longer than felt does; the monitors'
-/// stamps time felt alone. Panics if a route was never announced.
-pub fn join_routed_after(
-    c: &Cluster,
-    monitors: &[(usize, KernelMonitor)],
-    others: &[usize],
-    new: usize,
-) -> Duration {
+/// Adds a node, starts its overlayd and waits for the full mesh; returns
+/// the node and how long after its subnet.env was written the last route
+/// between it and every other node was announced by the kernels (an `ip
+/// monitor` in each node, started before the join). Polling the mesh and
+/// pinging spawn processes, which on a loaded machine take longer than
+/// felt does; the monitors' stamps time felt alone.
+pub fn join_timed(c: &mut Cluster) -> (usize, Duration) {
+    let others: Vec<usize> = (0..c.nodes.len()).collect();
+    let new = c.add_node().unwrap();
+    let monitors: Vec<_> = others
+        .iter()
+        .chain([&new])
+        .map(|&i| (i, monitor_node(c, i, "join")))
+        .collect();
+    c.start_overlayd(new, &[]).unwrap();
+    c.node_mut(new)
+        .unwrap()
+        .wait_subnet_env(SystemTime::UNIX_EPOCH, CONVERGE)
+        .unwrap();
+    let mut all = others.clone();
+    all.push(new);
+    c.wait_mesh(&all, CONVERGE).unwrap();
     let written = std::fs::metadata(c.nodes[new].subnet_file())
         .unwrap()
         .modified()
         .unwrap();
     let subnet = |i: usize| c.nodes[i].subnet().unwrap().to_string();
     let mut last = written;
-    for (at, monitor) in monitors {
+    for (at, monitor) in &monitors {
         let events = monitor.events();
-        let peers: Vec<usize> = if *at == new {
-            others.to_vec()
+        let peers = if *at == new {
+            others.clone()
         } else {
             vec![new]
         };
@@ -108,7 +118,7 @@ pub fn join_routed_after(
             last = last.max(added);
         }
     }
-    last.duration_since(written).unwrap_or_default()
+    (new, last.duration_since(written).unwrap_or_default())
 }
 
 /// A kernel monitor in node `i`'s namespace, logging into the cluster dir.
